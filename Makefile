@@ -1,0 +1,46 @@
+# s2agri developer tasks. PYTHON picks the interpreter that creates .venv: make install PYTHON=python3.11
+PYTHON ?= python3
+VENV ?= .venv
+VENV_PY := $(VENV)/bin/python
+PIP := $(VENV_PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench lint format clean distclean
+
+install: $(STAMP)
+
+# Reinstall only when the package metadata or the pins change.
+$(STAMP): setup.py constraints.txt pyproject.toml
+	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -c constraints.txt "setuptools<81" wheel
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/s2agri simulate demo-out --boxes 2 --size 100 --seed 1 --overwrite
+	$(VENV)/bin/s2agri validate demo-out/eopatches/*
+
+test: install
+	$(VENV_PY) -m pytest -q tests
+
+bench: install
+	@set -e; benches="$(wildcard benchmarks/bench_*.py)"; \
+	if [ -z "$$benches" ]; then echo "no benchmarks/bench_*.py"; fi; \
+	for bench in $$benches; do echo "== $$bench"; $(VENV_PY) $$bench; done
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Build outputs and caches; the virtual environment stays (see distclean).
+clean:
+	rm -rf demo-out build dist .eggs *.egg-info .pytest_cache .ruff_cache benchmarks/out benchmarks/scratch bench-out
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

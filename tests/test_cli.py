@@ -1,0 +1,201 @@
+"""The ``s2agri`` command line: exit codes, output lines and the input-error convention."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import types
+from collections.abc import Callable, Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from s2agri.tasks import contract
+from s2agri.workflows import cli
+from s2agri.workflows.errors import S2AgriInputError
+from s2agri.workflows.validate import Violation
+
+
+@pytest.fixture(autouse=True)
+def _restore_s2agri_log_level() -> Iterator[None]:
+    logger = logging.getLogger("s2agri")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def fake_simulate(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[argparse.Namespace], int]], None]:
+    """Install a stand-in ``s2agri.workflows.simulate`` module whose ``simulate_command`` is given."""
+
+    def install(handler: Callable[[argparse.Namespace], int]) -> None:
+        module = types.ModuleType("s2agri.workflows.simulate")
+        module.simulate_command = handler  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "s2agri.workflows.simulate", module)
+
+    return install
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"s2agri {version('s2agri')}"
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["frobnicate"]) == 2
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
+
+
+def test_help_lists_every_registered_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    names = [command.name for command in cli.COMMANDS]
+    assert len(set(names)) == len(names)
+    assert all(f"    {command.name}  " in out and command.help in out for command in cli.COMMANDS)
+
+
+# --- validate --------------------------------------------------------------------------------------
+
+
+def test_validate_ok(write_eopatch: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    patch = write_eopatch()
+    assert cli.main(["validate", str(patch)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"OK {patch}", "validated 1 EOPatch: 1 OK"]
+
+
+def test_validate_reports_every_violation(
+    write_eopatch: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_eopatch("good")
+    bad = write_eopatch("bad")
+    (bad / "data" / "BANDS.npy.gz").unlink()
+    (bad / "mask_timeless" / "ALL_POLYS.npy.gz").unlink()
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("")
+
+    assert cli.main(["validate", str(good), str(bad), str(not_a_folder)]) == 1
+    partial = Violation(
+        "mask_timeless/ALL_POLYS",
+        "missing, while mask_timeless/CULTIVATED, mask_timeless/NOT_DECLARED are present: "
+        "a box with reference masks needs all three",
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        f"OK {good}",
+        f"{bad}: data/BANDS: missing: a required input feature",
+        f"{bad}: {partial}",
+        f"{not_a_folder}: eopatch: not a folder",
+        "validated 3 EOPatches: 1 OK, 2 with 3 violations",
+    ]
+
+
+def test_validate_needs_a_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate"]) == 2
+    assert "the following arguments are required: PATH" in capsys.readouterr().err
+
+
+def test_verbose_sets_the_log_level(write_eopatch: Callable[..., Path]) -> None:
+    patch = str(write_eopatch())
+    assert cli.main(["validate", patch]) == 0
+    assert logging.getLogger("s2agri").level == logging.WARNING
+    assert cli.main(["-v", "validate", patch]) == 0
+    assert logging.getLogger("s2agri").level == logging.INFO
+    assert cli.main(["-vv", "validate", patch]) == 0
+    assert logging.getLogger("s2agri").level == logging.DEBUG
+
+
+# --- simulate --------------------------------------------------------------------------------------
+
+
+def test_simulate_passes_parsed_arguments(fake_simulate: Callable[..., None], tmp_path: Path) -> None:
+    received: list[argparse.Namespace] = []
+    fake_simulate(lambda args: received.append(args) or 0)
+    out = str(tmp_path / "sim")
+    assert cli.main(["simulate", out, "--boxes", "2", "--size", "100", "--seed", "1"]) == 0
+    [args] = received
+    assert (args.out, args.boxes, args.size, args.seed) == (out, 2, 100, 1)
+    assert (args.frames_min, args.frames_max) == (contract.MIN_FRAMES, contract.MAX_FRAMES)
+    assert (args.workers, args.overwrite) == (1, False)
+
+
+def test_simulate_optional_arguments(fake_simulate: Callable[..., None]) -> None:
+    received: list[argparse.Namespace] = []
+    fake_simulate(lambda args: received.append(args) or 0)
+    argv = ["simulate", "o", "--boxes", "1", "--size", "50", "--seed", "7"]
+    argv += ["--frames-min", "20", "--frames-max", "30", "--workers", "2", "--overwrite"]
+    assert cli.main(argv) == 0
+    [args] = received
+    assert (args.frames_min, args.frames_max, args.workers, args.overwrite) == (20, 30, 2, True)
+
+
+def test_simulate_missing_required_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["simulate", "out", "--boxes", "2", "--seed", "1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "s2agri simulate: error: the following arguments are required: --size"
+    )
+
+
+def test_simulate_non_integer_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["simulate", "out", "--boxes", "two", "--size", "10", "--seed", "1"]) == 2
+    assert "argument --boxes: invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_input_error_is_one_line_and_exit_2(
+    fake_simulate: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    def reject(args: argparse.Namespace) -> int:
+        raise S2AgriInputError(f"--boxes must be at least 1, got {args.boxes}\n(see s2agri simulate --help)")
+
+    fake_simulate(reject)
+    assert cli.main(["simulate", "out", "--boxes", "0", "--size", "10", "--seed", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "s2agri: error: --boxes must be at least 1, got 0 (see s2agri simulate --help)\n"
+    assert captured.out == ""
+
+
+def test_other_errors_keep_their_traceback(fake_simulate: Callable[..., None]) -> None:
+    def crash(args: argparse.Namespace) -> int:
+        raise RuntimeError("a bug")
+
+    fake_simulate(crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["simulate", "out", "--boxes", "1", "--size", "10", "--seed", "1"])
+
+
+def test_interrupt_exits_130(fake_simulate: Callable[..., None], capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupt(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    fake_simulate(interrupt)
+    assert cli.main(["simulate", "out", "--boxes", "1", "--size", "10", "--seed", "1"]) == 130
+    assert capsys.readouterr().err == "s2agri: interrupted\n"
+
+
+def test_real_simulate_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("s2agri.workflows.simulate", reason="the simulate workflow is not written yet")
+    argv = ["simulate", str(tmp_path / "out"), "--boxes", "0", "--size", "100", "--seed", "1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("s2agri: error: ")
+
+
+# --- console script --------------------------------------------------------------------------------
+
+
+def test_console_script_version() -> None:
+    script = shutil.which("s2agri", path=str(Path(sys.executable).parent))
+    assert script is not None, (
+        "the s2agri console script is not installed next to the python running the tests"
+    )
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120, check=False)
+    assert (result.returncode, result.stdout.strip()) == (0, f"s2agri {version('s2agri')}")
+    assert result.stderr == ""

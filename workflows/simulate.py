@@ -1,0 +1,147 @@
+"""``s2agri simulate``: write a simulated region in the challenge layout, atomically."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+from eolearn.core import (
+    EOExecutor,
+    EOPatch,
+    EOWorkflow,
+    OverwritePermission,
+    SaveTask,
+    linearly_connect_tasks,
+)
+
+from s2agri.tasks import contract
+from s2agri.tasks.reference import RasteriseReferenceTask
+from s2agri.tasks.sources.simulator import SimulatorInputTask, box_bbox, max_frames
+from s2agri.workflows.errors import S2AgriInputError
+
+LOGGER = logging.getLogger(__name__)
+MAX_BOXES = 10_000
+MIN_SIZE, MAX_SIZE = 4, 2000
+PARCELS_LAYER = "parcels"
+
+
+def box_name(index: int) -> str:
+    """Folder name of simulated box ``index``."""
+    return f"box-{index:03d}"
+
+
+def check_arguments(args: argparse.Namespace) -> Path:
+    """Validate the simulate arguments; raise S2AgriInputError naming the problem and the fix."""
+    if not 1 <= args.boxes <= MAX_BOXES:
+        raise S2AgriInputError(f"--boxes {args.boxes} is out of range: give 1 to {MAX_BOXES}")
+    if not MIN_SIZE <= args.size <= MAX_SIZE:
+        raise S2AgriInputError(
+            f"--size {args.size} is out of range: give {MIN_SIZE} to {MAX_SIZE} pixels (500 = a challenge box)"
+        )
+    if not 0 <= args.seed < 2**63:
+        raise S2AgriInputError(f"--seed {args.seed} is invalid: give a non-negative integer below 2**63")
+    most = max_frames(args.seed)
+    if not 1 <= args.frames_min <= args.frames_max <= most:
+        raise S2AgriInputError(
+            f"--frames-min {args.frames_min} / --frames-max {args.frames_max} are invalid: "
+            f"need 1 <= min <= max <= {most} (acquisitions of two orbits over 2019-03..09)"
+        )
+    if args.workers < 1:
+        raise S2AgriInputError(f"--workers {args.workers} is invalid: give 1 or more")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise S2AgriInputError(f"OUT {out} exists and is not a folder: choose another path")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise S2AgriInputError(f"OUT {out} exists and is not empty: choose another path or add --overwrite")
+    return out
+
+
+def simulation_workflow(
+    seed: int, frames_min: int, frames_max: int, eopatches: Path, threads: int
+) -> EOWorkflow:
+    """simulate -> rasterise reference -> save, as an eo-learn EOWorkflow (one execution per box)."""
+    tasks = [
+        SimulatorInputTask(seed, frames_min=frames_min, frames_max=frames_max, threads=threads),
+        RasteriseReferenceTask(),
+        SaveTask(str(eopatches), overwrite_permission=OverwritePermission.OVERWRITE_FEATURES),
+    ]
+    return EOWorkflow(linearly_connect_tasks(*tasks))
+
+
+def _merged_parcels(eopatches: Path, names: list[str]) -> gpd.GeoDataFrame:
+    frames = [
+        EOPatch.load(str(eopatches / name), features=[contract.REFERENCE])[contract.REFERENCE]
+        for name in names
+    ]
+    merged = pd.concat(frames, ignore_index=True).drop_duplicates("id").sort_values("id")
+    return gpd.GeoDataFrame(merged, geometry="geometry", crs=frames[0].crs).reset_index(drop=True)
+
+
+def simulate_region(
+    out: Path, boxes: int, size: int, seed: int, frames_min: int, frames_max: int, workers: int = 1
+) -> gpd.GeoDataFrame:
+    """Simulate ``boxes`` boxes into ``out`` (which must not exist yet); returns all parcels.
+
+    Everything is written to a temporary sibling folder and renamed into place at the end, so
+    ``out`` is never seen half-written.
+    """
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        eopatches = staging / "eopatches"
+        names = [box_name(i) for i in range(boxes)]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        workflow = simulation_workflow(seed, frames_min, frames_max, eopatches, threads)
+        input_node, save_node = workflow.get_nodes()[0], workflow.get_nodes()[-1]
+        execution_kwargs = [
+            {input_node: {"bbox": box_bbox(i, size)}, save_node: {"eopatch_folder": name}}
+            for i, name in enumerate(names)
+        ]
+        executor = EOExecutor(
+            workflow,
+            execution_kwargs,
+            execution_names=names,
+            save_logs=True,
+            logs_folder=str(staging / "logs"),
+        )
+        results = executor.run(workers=workers, multiprocess=workers > 1)
+        failed = [names[i] for i in executor.get_failed_executions()]
+        if failed:
+            first = results[executor.get_failed_executions()[0]].error_node_uid
+            raise RuntimeError(
+                f"simulation failed for {', '.join(failed)} (node {first}); see {staging}/logs"
+            )
+        parcels = _merged_parcels(eopatches, names)
+        parcels.to_file(staging / "parcels.gpkg", layer=PARCELS_LAYER, driver="GPKG")
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(trash)
+            staging.rename(out)
+            shutil.rmtree(trash)
+        else:
+            staging.rename(out)
+        return parcels
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    """Handler of ``s2agri simulate``."""
+    out = check_arguments(args)
+    LOGGER.info("simulating %d boxes of %d px (seed %d) into %s", args.boxes, args.size, args.seed, out)
+    parcels = simulate_region(
+        out, args.boxes, args.size, args.seed, args.frames_min, args.frames_max, args.workers
+    )
+    print(f"wrote {args.boxes} EOPatches to {out / 'eopatches'}")
+    print(
+        f"wrote {len(parcels)} parcels to {out / 'parcels.gpkg'} (layer '{PARCELS_LAYER}', EPSG:{contract.CHALLENGE_CRS_EPSG})"
+    )
+    return 0
