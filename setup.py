@@ -43,6 +43,7 @@ setup(
         "lightgbm>=4.0",
         "numba>=0.58",
         "pydantic>=2.5",
+        "pyyaml>=6",
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "torch>=2.1",

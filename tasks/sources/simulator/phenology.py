@@ -111,7 +111,7 @@ class ParcelParameters:
         self.archetype = np.asarray(archetypes, dtype=str)
         self.label = np.asarray(labels)
         self.shift = 6.0 * hash_normal(seed, stream, ids, 0)
-        self.vigour = uniform(1, 0.72, 1.0)
+        self.vigour = uniform(1, 0.84, 1.04)
         self.soil = uniform(2, 0.7, 1.3)
         self.stress = uniform(3, 0.0, 0.35)  #: share of the green cover in the low-chlorophyll end-member
         self.canopy = uniform(4, 0.25, 0.55)
@@ -126,7 +126,7 @@ class ParcelParameters:
 def _stubble_then_tillage(d: np.ndarray, harvest: np.ndarray, p: ParcelParameters) -> tuple[np.ndarray, ...]:
     """Green, dry, flower after a harvest: straw stubble, then tillage, then volunteer regrowth."""
     tilled = _after(d, harvest + 25.0 + 10.0 * p.stress[:, None], 3.0)
-    dry = 0.45 * (1 - tilled)
+    dry = 0.45 * _after(d, harvest, 1.5) * (1 - tilled)
     green = 0.12 * _after(d, harvest + 35.0, 6.0)
     return green, dry
 

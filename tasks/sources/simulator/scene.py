@@ -118,7 +118,9 @@ def _object_map(seed: int, grid: _Grid, polygons) -> np.ndarray:
     bounds = (grid.bbox.min_x - SCENE_MARGIN_M, grid.bbox.min_y - SCENE_MARGIN_M,
               grid.bbox.max_x + SCENE_MARGIN_M, grid.bbox.max_y + SCENE_MARGIN_M)  # fmt: skip
     blocks = blocks_for(seed, bounds)
-    farmland = blocks.geometry[blocks["block_use"] == LandUse.FARMLAND]
+    # gaps between polygons are farm paths (grass and soil) in farmland and on shores, roads elsewhere
+    open_land = blocks["block_use"].isin([LandUse.FARMLAND, LandUse.WATER, LandUse.WETLAND])
+    farmland = blocks.geometry[open_land]
     objects = np.zeros((h, w), dtype=np.int32)
     if len(farmland):
         rasterio.features.rasterize(
@@ -170,6 +172,18 @@ def _cloud_fields(seed: int, grid: _Grid, when: dt.datetime) -> tuple[np.ndarray
         field = fractal_noise_grid(seed, stream_id("haze") + key, xs, ys, (4000.0, 1500.0))
         haze = (amp * np.clip(0.5 + 0.35 * field, 0.0, 1.0)).astype(np.float32)
     return alpha, shadow, haze
+
+
+def _at_native(field: np.ndarray, res: int) -> np.ndarray:
+    """Mean of a 10 m field over the native pixels of a ``res`` m band, nearest-resampled back to 10 m."""
+    factor = res // 10
+    if factor == 1:
+        return field
+    h, w = field.shape
+    ph, pw = -(-h // factor) * factor, -(-w // factor) * factor
+    padded = np.pad(field, ((0, ph - h), (0, pw - w)), mode="edge")
+    coarse = padded.reshape(ph // factor, factor, pw // factor, factor).mean(axis=(1, 3))
+    return nearest_to_10m(coarse, res, (h, w))
 
 
 def _no_data(seed: int, grid: _Grid, when: dt.datetime) -> np.ndarray:
@@ -308,10 +322,20 @@ class BoxSimulator:
         alpha, shadow, haze = _cloud_fields(seed, grid, when)
         gain = 1.0 + 0.02 * (2 * hash_uniform(seed, stream_id("gain"), key) - 1)
         cloud_brightness = 0.8 + 0.4 * hash_uniform(seed, stream_id("cloudb"), key)
-        refl = surface * np.float32(gain) * (1.0 - 0.75 * shadow)[..., None]
-        refl = refl * (1.0 - 0.3 * haze)[..., None] + haze[..., None] * HAZE_SPECTRUM
-        refl = (1.0 - alpha[..., None]) * refl + alpha[..., None] * (cloud_brightness * CLOUD_SPECTRUM)
-        refl += rng.normal(0.0, 1.0, refl.shape).astype(np.float32) * NOISE_SIGMA
+        refl = np.empty_like(surface)
+        for res, band_idx in BAND_GROUPS.items():
+            # each band group sees the atmosphere and noise of its own native pixels
+            a, s, h = (_at_native(field, res) for field in (alpha, shadow, haze))
+            group = surface[..., band_idx] * np.float32(gain) * (1.0 - 0.75 * s)[..., None]
+            group = group * (1.0 - 0.3 * h)[..., None] + h[..., None] * HAZE_SPECTRUM[band_idx]
+            group = (1.0 - a[..., None]) * group + a[..., None] * (
+                cloud_brightness * CLOUD_SPECTRUM[band_idx]
+            )
+            n_y, n_x = -(-self.grid.height_px * 10 // res), -(-self.grid.width_px * 10 // res)
+            noise = rng.normal(0.0, 1.0, (n_y, n_x, len(band_idx))).astype(np.float32) * NOISE_SIGMA[band_idx]
+            refl[..., band_idx] = group + nearest_to_10m(
+                noise.transpose(2, 0, 1), res, self.box_shape
+            ).transpose(1, 2, 0)
         valid = _no_data(seed, grid, when)
 
         dn = np.clip(np.round(refl / contract.NORM_FACTOR), 1, contract.MAX_DN).astype(np.uint16)

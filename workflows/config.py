@@ -1,0 +1,109 @@
+"""One validated schema for every parameter of the per-box mapping workflow (eo-grow style).
+
+Unknown keys are rejected, every field has a default that works, and a run writes its resolved
+config next to its outputs, so one file reproduces it. Configs are YAML or JSON files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from s2agri.workflows.errors import S2AgriInputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MaskConfig(_Strict):
+    """Which observations count as valid, and which frames are kept."""
+
+    clp_threshold: float | None = Field(None, ge=0.0, le=1.0, description="also invalid where CLP/255 > this")
+    scl_invalid_classes: tuple[int, ...] | None = Field(None, description="SCL classes treated as invalid")
+    min_valid_fraction: float = Field(0.0, ge=0.0, le=1.0, description="drop frames with fewer valid pixels")
+
+
+class FeatureConfig(_Strict):
+    """5x5 neighbourhood statistics of the cloud-masked stack."""
+
+    mode: Literal["per_frame", "pooled"] = "per_frame"
+    window: int = Field(5, ge=1, le=15)
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("window must be odd")
+        return value
+
+
+class TrainConfig(_Strict):
+    """Pixel sampling and fitting."""
+
+    model: Literal["lightgbm", "random-forest"] = "lightgbm"
+    params: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, description="model keyword arguments"
+    )
+    samples_per_box: int = Field(20_000, ge=100)
+    max_samples: int = Field(400_000, ge=1_000)
+    balanced: bool = True
+    seed: int = Field(0, ge=0)
+
+
+class PredictConfig(_Strict):
+    """2.5 m prediction."""
+
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    mode: Literal["proba-upsample", "feature-upsample"] = "proba-upsample"
+
+
+class VectoriseConfig(_Strict):
+    """Predicted mask -> parcel polygons."""
+
+    min_area_m2: float = Field(400.0, ge=0.0)
+    simplify_tolerance_m: float = Field(2.5, ge=0.0)
+
+
+class MappingConfig(_Strict):
+    """Everything the per-box cultivated-land workflow needs."""
+
+    masks: MaskConfig = MaskConfig()
+    features: FeatureConfig = FeatureConfig()
+    train: TrainConfig = TrainConfig()
+    predict: PredictConfig = PredictConfig()
+    vectorise: VectoriseConfig = VectoriseConfig()
+    workers: int = Field(1, ge=1, description="parallel boxes (eo-learn EOExecutor processes)")
+
+
+def load_config(path: str | Path | None) -> MappingConfig:
+    """Read and validate a YAML/JSON config; ``None`` gives the defaults."""
+    if path is None:
+        return MappingConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise S2AgriInputError(f"config {path} does not exist: give the path of a YAML or JSON file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise S2AgriInputError(f"config {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
+    if not isinstance(data, dict):
+        raise S2AgriInputError(
+            f"config {path} must be a mapping of keys to values, not {type(data).__name__}"
+        )
+    try:
+        return MappingConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise S2AgriInputError(f"config {path} is invalid: {problems}") from exc
+
+
+def dump_config(config: MappingConfig, path: Path) -> None:
+    """Write the resolved config (all defaults filled in) as JSON, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    tmp.replace(path)

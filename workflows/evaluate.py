@@ -1,0 +1,130 @@
+"""Scores of predicted boxes against their reference, and quicklooks (seed 000, Fig. 2 colours)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from eolearn.core import EOPatch
+
+from s2agri.tasks import contract
+from s2agri.tasks.metrics import SCORE_KEYS, box_confusions, pool_confusions, scores, summarise
+from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY
+from s2agri.workflows.errors import S2AgriInputError
+
+LOGGER = logging.getLogger(__name__)
+ROW_KEYS = ("model", "box", *SCORE_KEYS)
+
+
+def load_for_scoring(folder: Path) -> EOPatch:
+    """Load only what scoring needs; a clear error names a missing feature."""
+    features = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED]
+    try:
+        return EOPatch.load(str(folder), features=features)
+    except (OSError, ValueError, KeyError) as exc:
+        raise S2AgriInputError(
+            f"{folder} lacks a feature needed for scoring ({' '.join(str(exc).split())}): run predict first "
+            "and score only boxes with a reference (CULTIVATED, NOT_DECLARED)"
+        ) from exc
+
+
+def evaluate_boxes(folders: Sequence[Path], model: str | None = None) -> list[dict]:
+    """One row per box plus a ``pooled`` row (confusions summed over boxes, as the challenge scores)."""
+    rows, confusions = [], []
+    for folder in folders:
+        patch = load_for_scoring(folder)
+        conf = box_confusions(
+            patch[contract.CULTIVATED][..., 0],
+            patch[PRED_CULTIVATED][..., 0],
+            patch[contract.NOT_DECLARED][..., 0],
+        )
+        confusions.append(conf)
+        name = model or str(patch.meta_info.get(PRED_MODEL_KEY, "unknown"))
+        rows.append({"model": name, "box": folder.name, **scores(conf)})
+    if rows:
+        rows.append({"model": rows[0]["model"], "box": "pooled", **scores(pool_confusions(confusions))})
+    return rows
+
+
+def summary_rows(rows: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and std over boxes (pooled rows excluded), per model."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        per_box = [
+            {k: r[k] for k in SCORE_KEYS} for r in rows if r["model"] == model and r["box"] != "pooled"
+        ]
+        out[model] = summarise(per_box)
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_metrics(rows: Sequence[dict], json_path: Path, csv_path: Path | None = None) -> None:
+    """``metrics.json`` (a list of rows) and optionally the same table as CSV, atomically."""
+    _atomic_write(json_path, json.dumps(list(rows), indent=2) + "\n")
+    if csv_path is not None:
+        tmp = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=ROW_KEYS)
+            writer.writeheader()
+            writer.writerows([{k: row[k] for k in ROW_KEYS} for row in rows])
+        tmp.replace(csv_path)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A fixed-width results table."""
+    header = f"{'model':<16}{'box':<12}" + "".join(f"{k:>13}" for k in SCORE_KEYS)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(f"{row['model']:<16}{row['box']:<12}" + "".join(f"{row[k]:>13.3f}" for k in SCORE_KEYS))
+    return "\n".join(lines)
+
+
+def quicklook(folder: Path, path: Path) -> None:
+    """RGB frame, truth, and prediction with false positives red and false negatives yellow."""
+    patch = EOPatch.load(
+        str(folder),
+        features=[contract.BANDS, contract.CLM, contract.IS_DATA, contract.CULTIVATED, contract.NOT_DECLARED,
+                  PRED_CULTIVATED],
+    )  # fmt: skip
+    clear = (patch[contract.IS_DATA][..., 0] & (patch[contract.CLM][..., 0] == 0)).mean(axis=(1, 2))
+    t = int(np.argmax(clear))
+    b = contract.BAND_INDEX
+    rgb = (
+        patch[contract.BANDS][t][..., [b["B04"], b["B03"], b["B02"]]].astype(np.float32)
+        * contract.NORM_FACTOR
+    )
+    truth, pred = patch[contract.CULTIVATED][..., 0], patch[PRED_CULTIVATED][..., 0]
+    colours = np.ones((*truth.shape, 3))
+    colours[truth & pred] = (0.1, 0.5, 0.1)
+    colours[~truth & pred] = (0.9, 0.1, 0.1)  # false positive: red
+    colours[truth & ~pred] = (1.0, 0.85, 0.0)  # false negative: yellow
+    colours[patch[contract.NOT_DECLARED][..., 0]] = (0.7, 0.7, 0.7)
+    truth_rgb = np.ones((*truth.shape, 3))
+    truth_rgb[truth] = (0.1, 0.5, 0.1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
+    axes[0].imshow(np.clip(rgb * 3.5, 0, 1))
+    axes[0].set_title(f"{folder.name}: RGB {patch.timestamps[t]:%Y-%m-%d} (10 m)")
+    axes[1].imshow(truth_rgb, interpolation="nearest")
+    axes[1].set_title("truth: cultivated (2.5 m)")
+    axes[2].imshow(colours, interpolation="nearest")
+    axes[2].set_title("prediction: TP green, FP red, FN yellow, not declared grey")
+    for ax in axes:
+        ax.axis("off")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=60)
+    plt.close(fig)
+    tmp.replace(path)
