@@ -18,7 +18,7 @@ $(STAMP): setup.py constraints.txt pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/s2agri simulate demo-out --boxes 2 --size 100 --seed 1 --overwrite
+	$(VENV)/bin/s2agri simulate demo-out --boxes 2 --size 150 --seed 0 --overwrite
 	$(VENV)/bin/s2agri validate demo-out/eopatches/*
 
 test: install
