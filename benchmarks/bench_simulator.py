@@ -90,7 +90,11 @@ def main() -> None:
         "speedup_2_threads": best[1]["simulate_s"] / best[2]["simulate_s"],
         "calibration_s": calibration,
         "ratio_to_calibration": best[2]["with_reference_s"] / calibration,
-        "target": {"seconds": 30.0, "peak_rss_gb": 3.0, "measured": "simulate + rasterise reference, in memory"},
+        "target": {
+            "seconds": 30.0,
+            "peak_rss_gb": 3.0,
+            "measured": "simulate + rasterise reference, in memory",
+        },
         "meets_target": best[2]["with_reference_s"] <= 30.0 and best[2]["peak_rss_gb"] <= 3.0,
         "load_average_1min_at_end": os.getloadavg()[0],
         "machine": {
