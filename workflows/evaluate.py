@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from eolearn.core import EOPatch
+from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
 from s2agri.tasks.metrics import SCORE_KEYS, box_confusions, pool_confusions, scores, summarise
@@ -27,7 +27,7 @@ ROW_KEYS = ("model", "box", *SCORE_KEYS)
 
 def load_for_scoring(folder: Path) -> EOPatch:
     """Load only what scoring needs; a clear error names a missing feature."""
-    features = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED]
+    features = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED, FeatureType.META_INFO]
     try:
         return EOPatch.load(str(folder), features=features)
     except (OSError, ValueError, KeyError) as exc:
