@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,12 @@ def write_eopatch(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _restore_s2agri_log_level() -> Iterator[None]:
+    """The CLI configures the 's2agri' logger; put its level back after each test."""
+    logger = logging.getLogger("s2agri")
+    level = logger.level
+    yield
+    logger.setLevel(level)

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,14 +18,6 @@ from s2agri.tasks import contract
 from s2agri.workflows import cli
 from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.validate import Violation
-
-
-@pytest.fixture(autouse=True)
-def _restore_s2agri_log_level() -> Iterator[None]:
-    logger = logging.getLogger("s2agri")
-    level = logger.level
-    yield
-    logger.setLevel(level)
 
 
 @pytest.fixture

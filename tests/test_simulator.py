@@ -7,8 +7,6 @@ Boxes are small (40-100 px) and simulated once per module; the whole file runs i
 from __future__ import annotations
 
 import datetime as dt
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -566,14 +564,6 @@ def test_scene_fractions_follow_the_polygons(sim: BoxSimulator) -> None:
 
 
 # --- 8. command line -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _restore_s2agri_log_level() -> Iterator[None]:
-    logger = logging.getLogger("s2agri")
-    level = logger.level
-    yield
-    logger.setLevel(level)
 
 
 def _dot_entries(folder: Path) -> list[str]:
