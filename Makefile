@@ -18,8 +18,7 @@ $(STAMP): setup.py constraints.txt pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/s2agri simulate demo-out --boxes 2 --size 150 --seed 0 --overwrite
-	$(VENV)/bin/s2agri validate demo-out/eopatches/*
+	$(VENV)/bin/s2agri demo --out demo-out --overwrite
 
 test: install
 	$(VENV_PY) -m pytest -q tests

@@ -28,7 +28,7 @@ setup(
     package_dir=package_dir,
     package_data={"s2agri.aoi": ["*.geojson", "*.gpkg"]},
     install_requires=[
-        "eo-learn[extra]>=1.5,<1.6",
+        "eo-learn[extra,visualization]>=1.5,<1.6",
         "sentinelhub>=3.9",
         "numpy>=1.24",
         "scipy>=1.10",

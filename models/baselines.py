@@ -22,6 +22,7 @@ checked with 1.9). Infinite values are rejected. Runs are seeded and determinist
 from __future__ import annotations
 
 import abc
+import functools
 import io
 import logging
 import os
@@ -164,6 +165,13 @@ class PixelClassifier(abc.ABC):
         return X, check_labels(y, X.shape[0]), check_sample_weight(sample_weight, X.shape[0])
 
 
+@functools.cache
+def _lightgbm_parameter_names() -> frozenset[str]:
+    """Every LightGBM parameter name and alias, as the library itself lists them."""
+    aliases = lgb.basic._ConfigAliases._get_all_param_aliases()
+    return frozenset(aliases) | frozenset(alias for names in aliases.values() for alias in names)
+
+
 @register_model("lightgbm")
 class LightGBMPixelClassifier(PixelClassifier):
     """LightGBM gradient-boosted trees (binary objective), trained with the native ``lgb.train``.
@@ -192,6 +200,11 @@ class LightGBMPixelClassifier(PixelClassifier):
     ) -> None:
         if n_estimators < 1 or num_leaves < 2:
             raise ValueError(f"need n_estimators >= 1 and num_leaves >= 2, got {n_estimators}, {num_leaves}")
+        unknown = sorted(set(params) - _lightgbm_parameter_names())
+        if unknown:
+            raise ValueError(
+                f"unknown LightGBM parameters {unknown}: use names (or aliases) of the LightGBM parameter list"
+            )
         self.n_estimators = int(n_estimators)
         self.n_jobs = int(n_jobs)
         self.seed = int(seed)

@@ -29,6 +29,8 @@ PRED_MODEL_KEY = "PRED_MODEL"
 PRED_THRESHOLD_KEY = "PRED_THRESHOLD"
 #: ``meta_info`` key of a box's name (e.g. ``eopatch-01``), used for file names and attributes.
 BOX_ID_KEY = "box_id"
+#: ``meta_info`` key of the absolute path of the EOPatch a prediction was made from.
+INPUT_KEY = "input_eopatch"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

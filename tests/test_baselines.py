@@ -197,3 +197,10 @@ def test_model_summary(fitted) -> None:
             "serialized_bytes": model.serialized_bytes,
         }
         assert summary["n_parameters"] > 0 and summary["serialized_bytes"] > 0
+
+
+def test_lightgbm_rejects_unknown_parameters_but_accepts_aliases() -> None:
+    with pytest.raises(ValueError, match=r"unknown LightGBM parameters \['n_trees'\]"):
+        create_model("lightgbm", n_trees=5)
+    model = create_model("lightgbm", n_estimators=3, min_data_in_leaf=5, lambda_l2=1.0)
+    assert model.params["min_data_in_leaf"] == 5 and model.params["lambda_l2"] == 1.0

@@ -77,12 +77,123 @@ def _run_validate(args: argparse.Namespace) -> int:
     return validate_command(args)
 
 
+def _add_boxes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "boxes",
+        nargs="+",
+        metavar="BOXES",
+        help="EOPatch folders, folders of EOPatches, or the output of 's2agri simulate'",
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML/JSON workflow config (default: built-in defaults)"
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="W", help="boxes in parallel (overrides the config's 'workers')"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_boxes_argument(parser)
+    parser.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    parser.add_argument(
+        "--model", choices=("lightgbm", "random-forest"), help="model to fit (overrides train.model)"
+    )
+    _add_run_options(parser)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from s2agri.workflows.train import train_command
+
+    return train_command(args)
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_boxes_argument(parser)
+    parser.add_argument(
+        "--model", required=True, metavar="MODEL", help="a folder written by 's2agri train', or 'ndvi-rule'"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
+    _add_run_options(parser)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from s2agri.workflows.predict import predict_command
+
+    return predict_command(args)
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by 's2agri predict'")
+    parser.add_argument("--out", metavar="DIR", help="folder for metrics.json/.csv (default: the run)")
+    parser.add_argument(
+        "--quicklooks", action="store_true", help="also draw DIR/quicklooks/<box>.png (TP/FP/FN maps)"
+    )
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from s2agri.workflows.evaluate import evaluate_command
+
+    return evaluate_command(args)
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_boxes_argument(parser)
+    parser.add_argument(
+        "--parcels", metavar="FILE", help="vector file of all parcels (.gpkg .geojson .fgb .parquet .shp)"
+    )
+    parser.add_argument("--layer", default="parcels", help="layer name in a GeoPackage (default: parcels)")
+    parser.add_argument("--submission", metavar="DIR", help="folder for the submission GeoTIFFs")
+    parser.add_argument("--proba", metavar="DIR", help="folder for the probability COGs")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from s2agri.workflows.export import export_command
+
+    return export_command(args)
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from s2agri.workflows import demo
+
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for everything the demo writes")
+    parser.add_argument("--seed", type=int, default=demo.DEFAULT_SEED, help="simulation seed")
+    parser.add_argument("--size", type=int, default=demo.DEFAULT_SIZE, metavar="PX", help="box size, 10 m px")
+    parser.add_argument("--train-boxes", type=int, default=demo.DEFAULT_TRAIN, metavar="N")
+    parser.add_argument("--test-boxes", type=int, default=demo.DEFAULT_TEST, metavar="N")
+    _add_run_options(parser)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from s2agri.workflows.demo import demo_command
+
+    return demo_command(args)
+
+
 #: Every subcommand, in the order ``s2agri --help`` lists them.
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        "demo", "simulate, train, predict, evaluate and export in one go", _add_demo_arguments, _run_demo
+    ),
     Command("simulate", "write simulated challenge-like EOPatches", _add_simulate_arguments, _run_simulate),
     Command(
         "validate", "check EOPatch folders against the data contract", _add_validate_arguments, _run_validate
     ),
+    Command("train", "fit a pixel classifier on boxes with a reference", _add_train_arguments, _run_train),
+    Command(
+        "predict",
+        "map cultivated land and parcels of boxes with a model",
+        _add_predict_arguments,
+        _run_predict,
+    ),
+    Command(
+        "evaluate", "score predicted runs against their reference", _add_evaluate_arguments, _run_evaluate
+    ),
+    Command("export", "write predicted parcels and rasters to GIS files", _add_export_arguments, _run_export),
 )
 
 
@@ -112,15 +223,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at emit time (not at creation)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(verbosity: int) -> None:
     """WARNING by default, INFO with ``-v``, DEBUG with ``-vv``; messages go to stderr."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     # the handler filters, not only the logger: eo-learn's EOExecutor lowers the root logger to DEBUG
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    if verbosity <= 0:
+        # a failing box is reported in one line by s2agri; eo-learn's traceback goes to the run's logs
+        handler.addFilter(lambda record: not record.name.startswith("eolearn.core.eoworkflow"))
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("s2agri").setLevel(level)
+    # fiona warns on every GeoPackage eo-learn reads back (no .gpkg extension inside EOPatches)
+    logging.getLogger("fiona").setLevel(logging.WARNING if verbosity >= 2 else logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,6 +52,7 @@ class TrainConfig(_Strict):
     samples_per_box: int = Field(20_000, ge=100)
     max_samples: int = Field(400_000, ge=1_000)
     balanced: bool = True
+    sample_weights: bool = Field(False, description="weight samples with the challenge weight map")
     seed: int = Field(0, ge=0)
 
 
@@ -69,6 +70,13 @@ class VectoriseConfig(_Strict):
     simplify_tolerance_m: float = Field(2.5, ge=0.0)
 
 
+class ExportConfig(_Strict):
+    """Rasters written next to the submission GeoTIFFs."""
+
+    probability_cog: bool = True
+    proba_dtype: Literal["uint8", "float32"] = "uint8"
+
+
 class MappingConfig(_Strict):
     """Everything the per-box cultivated-land workflow needs."""
 
@@ -77,6 +85,7 @@ class MappingConfig(_Strict):
     train: TrainConfig = TrainConfig()
     predict: PredictConfig = PredictConfig()
     vectorise: VectoriseConfig = VectoriseConfig()
+    export: ExportConfig = ExportConfig()
     workers: int = Field(1, ge=1, description="parallel boxes (eo-learn EOExecutor processes)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -18,8 +19,9 @@ from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
 from s2agri.tasks.metrics import SCORE_KEYS, box_confusions, pool_confusions, scores, summarise
-from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY
+from s2agri.tasks.prediction import INPUT_KEY, PRED_CULTIVATED, PRED_MODEL_KEY
 from s2agri.workflows.errors import S2AgriInputError
+from s2agri.workflows.validate import scan_eopatch
 
 LOGGER = logging.getLogger(__name__)
 ROW_KEYS = ("model", "box", *SCORE_KEYS)
@@ -84,22 +86,45 @@ def write_metrics(rows: Sequence[dict], json_path: Path, csv_path: Path | None =
         tmp.replace(csv_path)
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """A fixed-width results table."""
+def format_table(rows: Sequence[dict], *, summary: bool = False) -> str:
+    """A fixed-width results table; ``summary`` adds mean and std over boxes per model."""
     header = f"{'model':<16}{'box':<12}" + "".join(f"{k:>13}" for k in SCORE_KEYS)
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(f"{row['model']:<16}{row['box']:<12}" + "".join(f"{row[k]:>13.3f}" for k in SCORE_KEYS))
+    if summary:
+        for model, stats in summary_rows(rows).items():
+            for stat in ("mean", "std"):
+                values = "".join(f"{stats.get(k, {}).get(stat, float('nan')):>13.3f}" for k in SCORE_KEYS)
+                lines.append(f"{model:<16}{'box ' + stat:<12}{values}")
     return "\n".join(lines)
+
+
+def _quicklook_patch(folder: Path) -> EOPatch:
+    """The masks of ``folder`` and the bands of the box: its own, else those of the EOPatch it was
+    predicted from (``meta_info["input_eopatch"]``, written by the prediction workflow)."""
+    masks = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED]
+    bands = [contract.BANDS, contract.CLM, contract.IS_DATA]
+    patch = EOPatch.load(str(folder), features=[*masks, FeatureType.META_INFO])
+    source = folder if contract.BANDS in scan_eopatch(folder).features else None
+    if source is None and patch.meta_info.get(INPUT_KEY):
+        source = Path(patch.meta_info[INPUT_KEY])
+        if not source.is_absolute():  # relative to the run folder, <run>/eopatches/<box>
+            source = folder.resolve().parent.parent / source
+    if source is None or not source.is_dir():
+        raise S2AgriInputError(
+            f"{folder} has no bands and its input EOPatch ({source}) is gone: quicklooks need the input bands"
+        )
+    inputs = EOPatch.load(str(source), features=bands)
+    patch.timestamps = inputs.timestamps
+    for feature in bands:
+        patch[feature] = inputs[feature]
+    return patch
 
 
 def quicklook(folder: Path, path: Path) -> None:
     """RGB frame, truth, and prediction with false positives red and false negatives yellow."""
-    patch = EOPatch.load(
-        str(folder),
-        features=[contract.BANDS, contract.CLM, contract.IS_DATA, contract.CULTIVATED, contract.NOT_DECLARED,
-                  PRED_CULTIVATED],
-    )  # fmt: skip
+    patch = _quicklook_patch(folder)
     clear = (patch[contract.IS_DATA][..., 0] & (patch[contract.CLM][..., 0] == 0)).mean(axis=(1, 2))
     t = int(np.argmax(clear))
     b = contract.BAND_INDEX
@@ -128,3 +153,28 @@ def quicklook(folder: Path, path: Path) -> None:
     fig.savefig(tmp, dpi=60)
     plt.close(fig)
     tmp.replace(path)
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Handler of ``s2agri evaluate``: score runs, print the table, write metrics (and quicklooks)."""
+    from s2agri.workflows.runs import find_boxes
+
+    runs = [Path(run) for run in args.runs]
+    if args.out is None and len(runs) > 1:
+        raise S2AgriInputError("several runs given: add --out DIR for the metrics files")
+    out = Path(args.out) if args.out is not None else runs[0]
+    rows = []
+    for run in runs:
+        rows.extend(evaluate_boxes(find_boxes([run])))
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(rows, out / "metrics.json", out / "metrics.csv")
+    _atomic_write(out / "metrics_summary.json", json.dumps(summary_rows(rows), indent=2) + "\n")
+    print(format_table(rows, summary=True))
+    print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'metrics_summary.json'}")
+    if args.quicklooks:
+        folder = out / "quicklooks"
+        folder.mkdir(exist_ok=True)
+        for box in find_boxes(runs):
+            quicklook(box, folder / f"{box.name}.png")
+        print(f"wrote quicklooks to {folder}")
+    return 0

@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
 from eolearn.core import (
-    EOExecutor,
     EOPatch,
     EOWorkflow,
     OverwritePermission,
@@ -24,6 +21,7 @@ from s2agri.tasks import contract
 from s2agri.tasks.reference import RasteriseReferenceTask
 from s2agri.tasks.sources.simulator import SimulatorInputTask, box_bbox, max_frames
 from s2agri.workflows.errors import S2AgriInputError
+from s2agri.workflows.runs import EOPATCHES, execute, staged_folder
 
 LOGGER = logging.getLogger(__name__)
 MAX_BOXES = 10_000
@@ -86,16 +84,13 @@ def _merged_parcels(eopatches: Path, names: list[str]) -> gpd.GeoDataFrame:
 def simulate_region(
     out: Path, boxes: int, size: int, seed: int, frames_min: int, frames_max: int, workers: int = 1
 ) -> gpd.GeoDataFrame:
-    """Simulate ``boxes`` boxes into ``out`` (which must not exist yet); returns all parcels.
+    """Simulate ``boxes`` boxes into ``out`` (replaced if it exists); returns all parcels.
 
     Everything is written to a temporary sibling folder and renamed into place at the end, so
     ``out`` is never seen half-written.
     """
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        eopatches = staging / "eopatches"
+    with staged_folder(out) as staging:
+        eopatches = staging / EOPATCHES
         names = [box_name(i) for i in range(boxes)]
         threads = max(1, (os.cpu_count() or 1) // workers)
         workflow = simulation_workflow(seed, frames_min, frames_max, eopatches, threads)
@@ -104,33 +99,12 @@ def simulate_region(
             {input_node: {"bbox": box_bbox(i, size)}, save_node: {"eopatch_folder": name}}
             for i, name in enumerate(names)
         ]
-        executor = EOExecutor(
-            workflow,
-            execution_kwargs,
-            execution_names=names,
-            save_logs=True,
-            logs_folder=str(staging / "logs"),
-        )
-        results = executor.run(workers=workers, multiprocess=workers > 1)
-        failed = [names[i] for i in executor.get_failed_executions()]
-        if failed:
-            first = results[executor.get_failed_executions()[0]].error_node_uid
-            raise RuntimeError(
-                f"simulation failed for {', '.join(failed)} (node {first}); see {staging}/logs"
-            )
+        summary = execute(workflow, execution_kwargs, names, staging / "logs", workers, report=False)
+        if summary.failures:
+            raise RuntimeError(f"simulation failed: {summary.failure_line()}")
         parcels = _merged_parcels(eopatches, names)
         parcels.to_file(staging / "parcels.gpkg", layer=PARCELS_LAYER, driver="GPKG")
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(trash)
-            staging.rename(out)
-            shutil.rmtree(trash)
-        else:
-            staging.rename(out)
-        return parcels
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return parcels
 
 
 def simulate_command(args: argparse.Namespace) -> int:

@@ -1,0 +1,125 @@
+"""``s2agri export``: predicted parcels and rasters of EOPatches to GIS files.
+
+The vector format follows the file extension: ``.gpkg`` (GeoPackage), ``.geojson``/``.json``,
+``.fgb`` (FlatGeobuf), ``.parquet`` (GeoParquet) and ``.shp`` (ESRI Shapefile). Every file is
+written under a temporary name and renamed into place (for a Shapefile, each of its side files).
+Rasters are the submission GeoTIFFs and probability COGs of the prediction tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+from eolearn.core import EOPatch, FeatureType
+
+from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask, atomic_path
+from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
+from s2agri.tasks.vectorise import PARCELS_PRED
+from s2agri.workflows.errors import S2AgriInputError
+from s2agri.workflows.runs import find_boxes, preflight
+
+LOGGER = logging.getLogger(__name__)
+
+#: File extension -> (OGR driver, write with GeoDataFrame.to_parquet instead of to_file).
+VECTOR_FORMATS: dict[str, tuple[str, bool]] = {
+    ".gpkg": ("GPKG", False),
+    ".geojson": ("GeoJSON", False),
+    ".json": ("GeoJSON", False),
+    ".fgb": ("FlatGeobuf", False),
+    ".parquet": ("GeoParquet", True),
+    ".shp": ("ESRI Shapefile", False),
+}
+_SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
+
+
+def vector_format(path: Path) -> tuple[str, bool]:
+    """The driver for ``path`` from its extension; an input error lists the supported ones."""
+    try:
+        return VECTOR_FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise S2AgriInputError(
+            f"{path}: unknown vector format {path.suffix!r}: use one of {', '.join(VECTOR_FORMATS)}"
+        ) from None
+
+
+def write_vector(parcels: gpd.GeoDataFrame, path: Path, layer: str = "parcels") -> None:
+    """Write ``parcels`` to ``path`` in the format of its extension, atomically per file."""
+    driver, parquet = vector_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if parquet:
+        with atomic_path(path) as tmp:
+            parcels.to_parquet(tmp)
+    elif driver == "ESRI Shapefile":
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.tmp-") as tmp_dir:
+            parcels.to_file(Path(tmp_dir) / path.name, driver=driver, engine="pyogrio")
+            for suffix in _SHAPEFILE_PARTS:
+                part = Path(tmp_dir) / f"{path.stem}{suffix}"
+                if part.exists():
+                    os.replace(part, path.with_suffix(suffix))
+    else:
+        options = {"layer": layer} if driver == "GPKG" else {}
+        with atomic_path(path) as tmp:
+            parcels.to_file(tmp, driver=driver, engine="pyogrio", **options)
+    LOGGER.info("wrote %d parcels to %s (%s)", len(parcels), path, driver)
+
+
+def merged_parcels(boxes: Sequence[Path]) -> gpd.GeoDataFrame:
+    """PARCELS_PRED of ``boxes`` in one GeoDataFrame, in the CRS of the first box."""
+    frames = [EOPatch.load(str(box), features=[PARCELS_PRED])[PARCELS_PRED] for box in boxes]
+    crs = frames[0].crs
+    frames = [frame if frame.crs.equals(crs) else frame.to_crs(crs) for frame in frames]
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs)
+
+
+def export_rasters(boxes: Sequence[Path], submission: Path | None, proba: Path | None) -> None:
+    """Submission GeoTIFFs and/or probability COGs of ``boxes`` (named after the box folders)."""
+    tasks = []
+    if submission is not None:
+        submission.mkdir(parents=True, exist_ok=True)
+        tasks.append(SubmissionTiffTask(submission))
+    if proba is not None:
+        proba.mkdir(parents=True, exist_ok=True)
+        tasks.append(ProbabilityCogTask(proba))
+    for box in boxes:
+        features = [PRED_CULTIVATED] + ([PRED_PROBA] if proba is not None else [])
+        patch = EOPatch.load(str(box), features=[*features, FeatureType.META_INFO])
+        for task in tasks:
+            task.execute(patch, box=box.name)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Handler of ``s2agri export``."""
+    if args.parcels is None and args.submission is None and args.proba is None:
+        raise S2AgriInputError("nothing to export: give --parcels FILE, --submission DIR and/or --proba DIR")
+    if args.parcels is not None:
+        vector_format(Path(args.parcels))
+        if Path(args.parcels).exists() and not args.overwrite:
+            raise S2AgriInputError(f"{args.parcels} exists: choose another path or add --overwrite")
+    boxes = find_boxes(args.boxes)
+    needed = [PARCELS_PRED] if args.parcels is not None else []
+    needed += [PRED_CULTIVATED] if args.submission is not None else []
+    needed += [PRED_PROBA] if args.proba is not None else []
+    preflight(boxes, needed)
+    if args.parcels is not None:
+        parcels = merged_parcels(boxes)
+        write_vector(parcels, Path(args.parcels), args.layer)
+        print(
+            f"wrote {len(parcels)} parcels of {len(boxes)} boxes to {args.parcels} (EPSG:{parcels.crs.to_epsg()})"
+        )
+    if args.submission is not None or args.proba is not None:
+        export_rasters(
+            boxes,
+            None if args.submission is None else Path(args.submission),
+            None if args.proba is None else Path(args.proba),
+        )
+        for name, folder in (("submission GeoTIFFs", args.submission), ("probability COGs", args.proba)):
+            if folder is not None:
+                print(f"wrote {len(boxes)} {name} to {folder}")
+    return 0

@@ -1,0 +1,273 @@
+"""The per-box EOWorkflows of cultivated-land mapping, built from a :class:`MappingConfig`.
+
+Prediction, one EOWorkflow per box (eo-learn tasks, each usable alone)::
+
+    LoadTask -> BoxNameTask -> ReflectanceTask -> ValidMaskTask -> [ValidFrameFilterTask]
+      -> NeighbourhoodStatisticsTask -> PixelModelPredictTask | NdviRuleTask -> VectoriseTask
+      -> SelectFeaturesTask -> SaveTask -> SubmissionTiffTask -> ProbabilityCogTask
+
+Training samples, one EOWorkflow per box::
+
+    LoadTask -> ReflectanceTask -> ValidMaskTask -> [ValidFrameFilterTask]
+      -> NeighbourhoodStatisticsTask -> SamplePixelsTask (writes <box>.npz)
+
+The rule needs no 5x5 statistics, so its workflow skips them. Saved prediction EOPatches hold only
+the products (PRED_PROBA, PRED_CULTIVATED, PARCELS_PRED), the reference masks when the input had
+them (so the run can be scored on its own) and ``meta_info`` (model, threshold, box id, input path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from eolearn.core import (
+    EOPatch,
+    EOTask,
+    EOWorkflow,
+    LoadTask,
+    SaveTask,
+    linearly_connect_tasks,
+)
+from eolearn.core.types import Feature
+
+from s2agri.models.sampling import STATS5X5, sample_eopatch
+from s2agri.tasks import contract
+from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
+from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask, valid_frame_filter
+from s2agri.tasks.predict_pixel import PixelModelPredictTask
+from s2agri.tasks.prediction import BOX_ID_KEY, INPUT_KEY, PRED_CULTIVATED, PRED_PROBA, NdviRuleTask
+from s2agri.tasks.stats5x5 import NeighbourhoodStatisticsTask
+from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
+from s2agri.workflows.config import MappingConfig
+from s2agri.workflows.model_store import TrainedModel
+
+LOGGER = logging.getLogger(__name__)
+
+#: Sub-folders of a prediction run.
+SUBMISSION, PROBA, SAMPLES = "submission", "proba", "samples"
+#: Features a prediction EOPatch keeps (the reference masks only when present).
+SAVED_FEATURES: tuple[Feature, ...] = (
+    PRED_PROBA,
+    PRED_CULTIVATED,
+    PARCELS_PRED,
+    contract.CULTIVATED,
+    contract.NOT_DECLARED,
+)
+
+
+def required_inputs(config: MappingConfig, *, reference: bool = False) -> list[Feature]:
+    """Features every input box must have for the workflows of ``config``."""
+    features = [contract.BANDS, contract.NORM_FACTORS, contract.IS_DATA, contract.CLM]
+    if config.masks.clp_threshold is not None:
+        features.append(contract.CLP)
+    if config.masks.scl_invalid_classes is not None:
+        features.append(contract.SCL)
+    if reference:
+        features.append(contract.CULTIVATED)
+    return features
+
+
+def box_seed_id(box: str) -> int:
+    """A stable non-negative int32 id of a box name (seeds its sample draw whatever the box order)."""
+    return zlib.crc32(box.encode()) & 0x7FFFFFFF
+
+
+class BoxNameTask(EOTask):
+    """Records the box name (``execute(eopatch, box=...)``) in ``meta_info["box_id"]``, and the input path."""
+
+    def execute(self, eopatch: EOPatch, *, box: str, source: str | None = None) -> EOPatch:
+        eopatch.meta_info[BOX_ID_KEY] = box
+        if source is not None:
+            eopatch.meta_info[INPUT_KEY] = source
+        return eopatch
+
+
+class SelectFeaturesTask(EOTask):
+    """A new EOPatch with the bbox, ``meta_info`` and those of ``features`` the input has."""
+
+    def __init__(self, features: Sequence[Feature]):
+        self.features = [self.parse_feature(feature) for feature in features]
+
+    def execute(self, eopatch: EOPatch) -> EOPatch:
+        out = EOPatch(bbox=eopatch.bbox)
+        for feature in self.features:
+            if feature in eopatch:
+                out[feature] = eopatch[feature]
+        out.meta_info.update(eopatch.meta_info)
+        return out
+
+
+class SamplePixelsTask(EOTask):
+    """Training pixels of a box (:func:`s2agri.models.sampling.sample_eopatch`) saved as ``<box>.npz``.
+
+    The draw is seeded by ``seed`` and the box name, so it does not depend on the order of boxes.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        samples_per_box: int,
+        balanced: bool = True,
+        weights: bool = False,
+        seed: int = 0,
+        features_feature: Feature = STATS5X5,
+    ):
+        self.folder = Path(folder)
+        self.samples_per_box = samples_per_box
+        self.strategy = "balanced" if balanced else "proportional"
+        self.weights = weights
+        self.seed = seed
+        self.features_feature = features_feature
+
+    def execute(self, eopatch: EOPatch, *, box: str) -> EOPatch:
+        samples = sample_eopatch(
+            eopatch,
+            self.features_feature,
+            n_per_box=self.samples_per_box,
+            strategy=self.strategy,
+            weights=self.weights,
+            seed=self.seed,
+            box_id=box_seed_id(box),
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{box}.tmp-{os.getpid()}.npz"
+        np.savez(
+            tmp,
+            X=samples.X,
+            y=samples.y,
+            weight=samples.weight,
+            box=samples.box,
+            row=samples.row,
+            col=samples.col,
+            feature_names=np.asarray(samples.feature_names or (), dtype=str),
+        )
+        tmp.replace(self.folder / f"{box}.npz")
+        LOGGER.debug("%s: %s samples (not cultivated, cultivated)", box, samples.class_counts().tolist())
+        return eopatch
+
+
+def feature_tasks(config: MappingConfig, *, statistics: bool = True) -> list[EOTask]:
+    """Reflectance, validity, frame filter (when ``min_valid_fraction`` > 0) and 5x5 statistics."""
+    tasks: list[EOTask] = [
+        ReflectanceTask(),
+        ValidMaskTask(
+            clp_threshold=config.masks.clp_threshold,
+            scl_invalid_classes=config.masks.scl_invalid_classes,
+        ),
+    ]
+    if config.masks.min_valid_fraction > 0:
+        tasks.append(valid_frame_filter(config.masks.min_valid_fraction))
+    if statistics:
+        tasks.append(NeighbourhoodStatisticsTask(mode=config.features.mode, window=config.features.window))
+    return tasks
+
+
+def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
+    """The task writing PRED_PROBA / PRED_CULTIVATED with ``trained``."""
+    if trained.is_rule:
+        return NdviRuleTask()
+    return PixelModelPredictTask(
+        trained.model,
+        mode=config.predict.mode,
+        threshold=config.predict.threshold,
+        model_name=trained.name,
+    )
+
+
+def _node_kwargs(workflow: EOWorkflow, per_task: dict[type, dict[str, Any]]) -> dict:
+    """Execution kwargs keyed by the workflow's nodes, for the tasks of the given types."""
+    return {
+        node: kwargs
+        for node in workflow.get_nodes()
+        for task_type, kwargs in per_task.items()
+        if type(node.task) is task_type
+    }
+
+
+class PredictionWorkflow:
+    """The prediction EOWorkflow of ``config`` with ``trained``, writing into ``run`` (a folder)."""
+
+    def __init__(self, trained: TrainedModel, config: MappingConfig, input_root: Path, run: Path):
+        self.run = Path(run)
+        tasks = [
+            LoadTask(str(input_root)),
+            BoxNameTask(),
+            *feature_tasks(config, statistics=not trained.is_rule),
+            prediction_task(trained, config),
+            VectoriseTask(
+                min_area_m2=config.vectorise.min_area_m2,
+                simplify_tolerance_m=config.vectorise.simplify_tolerance_m,
+            ),
+            SelectFeaturesTask(SAVED_FEATURES),
+            SaveTask(str(self.run / "eopatches")),
+            SubmissionTiffTask(self.run / SUBMISSION),
+        ]
+        if config.export.probability_cog:
+            tasks.append(ProbabilityCogTask(self.run / PROBA, dtype=config.export.proba_dtype))
+        self.workflow = EOWorkflow(linearly_connect_tasks(*tasks))
+
+    def execution_kwargs(self, folders: Sequence[str], boxes: Sequence[Path]) -> list[dict]:
+        """One kwargs dict per box: ``folders`` relative to the input root, ``boxes`` their paths."""
+        kwargs = []
+        for folder, box in zip(folders, boxes, strict=True):
+            kwargs.append(
+                {
+                    **_node_kwargs(self.workflow, {LoadTask: {"eopatch_folder": folder}}),
+                    **_node_kwargs(
+                        self.workflow,
+                        {
+                            BoxNameTask: {"box": box.name, "source": self.source_of(box)},
+                            SaveTask: {"eopatch_folder": box.name},
+                        },
+                    ),
+                }
+            )
+        return kwargs
+
+    def source_of(self, box: Path) -> str:
+        """The input path recorded in ``meta_info``: relative to the run when inside it (so it survives
+        moving the run folder), else absolute."""
+        box, run = box.resolve(), self.run.resolve()
+        return str(box.relative_to(run)) if box.is_relative_to(run) else str(box)
+
+    def outputs_of(self, box: str) -> list[Path]:
+        """Every path the workflow writes for ``box`` (to remove them when the box failed)."""
+        return [
+            self.run / "eopatches" / box,
+            self.run / SUBMISSION / f"{box}.tif",
+            self.run / PROBA / f"{box}_proba.tif",
+        ]
+
+
+class SamplingWorkflow:
+    """The training-sample EOWorkflow of ``config``: one ``<box>.npz`` per box in ``folder``."""
+
+    def __init__(self, config: MappingConfig, input_root: Path, folder: Path):
+        tasks = [
+            LoadTask(str(input_root)),
+            *feature_tasks(config),
+            SamplePixelsTask(
+                folder,
+                samples_per_box=config.train.samples_per_box,
+                balanced=config.train.balanced,
+                weights=config.train.sample_weights,
+                seed=config.train.seed,
+            ),
+        ]
+        self.workflow = EOWorkflow(linearly_connect_tasks(*tasks))
+
+    def execution_kwargs(self, folders: Sequence[str], boxes: Sequence[Path]) -> list[dict]:
+        return [
+            {
+                **_node_kwargs(self.workflow, {LoadTask: {"eopatch_folder": folder}}),
+                **_node_kwargs(self.workflow, {SamplePixelsTask: {"box": box.name}}),
+            }
+            for folder, box in zip(folders, boxes, strict=True)
+        ]

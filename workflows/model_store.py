@@ -1,0 +1,105 @@
+"""Trained-model folders: the fitted model file plus ``model_card.json``.
+
+A folder written by ``s2agri train`` holds ``model.<ext>`` (the model's own format, e.g. a LightGBM
+text dump) and ``model_card.json``: registry name, file, parameters, parameter count, serialized
+size, training time, training boxes and sample counts, feature names, the resolved config and the
+s2agri version. :func:`load_trained` also accepts the name of a model that needs no training
+(``ndvi-rule``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s2agri.models import rule
+from s2agri.models.registry import available_models, load_model, model_summary
+from s2agri.workflows.errors import S2AgriInputError
+
+LOGGER = logging.getLogger(__name__)
+
+MODEL_CARD = "model_card.json"
+#: Models that are rules, not fitted: usable by name with ``--model``.
+UNTRAINED_MODELS: tuple[str, ...] = (rule.MODEL_NAME,)
+_FILE_SUFFIX = {"lightgbm": ".txt", "random-forest": ".joblib"}
+
+
+@dataclass
+class TrainedModel:
+    """A model ready to predict: its registry name, the fitted object (None for a rule) and its card."""
+
+    name: str
+    model: Any | None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_rule(self) -> bool:
+        return self.model is None
+
+
+def model_filename(name: str) -> str:
+    """File name of a fitted model of registry ``name`` inside its folder."""
+    return f"model{_FILE_SUFFIX.get(name, '.bin')}"
+
+
+def save_trained(model: Any, name: str, folder: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """Write ``model`` and its card (completed with size and parameter counts) into ``folder``;
+    returns the completed card."""
+    folder.mkdir(parents=True, exist_ok=True)
+    filename = model_filename(name)
+    model.save(folder / filename)
+    from s2agri.workflows.cli import package_version
+
+    card = {
+        "model": name,
+        "file": filename,
+        **model_summary(model),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "s2agri_version": package_version(),
+        **card,
+    }
+    tmp = folder / f".{MODEL_CARD}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    tmp.replace(folder / MODEL_CARD)
+    return card
+
+
+def load_trained(spec: str | os.PathLike[str]) -> TrainedModel:
+    """A model by folder (written by ``s2agri train``) or by the name of a rule (``ndvi-rule``)."""
+    if str(spec) in UNTRAINED_MODELS:
+        return TrainedModel(str(spec), None, {"model": str(spec), "n_parameters": 0})
+    folder = Path(spec)
+    card_path = folder / MODEL_CARD
+    if not card_path.is_file():
+        raise S2AgriInputError(
+            f"--model {spec}: no {MODEL_CARD} there: give a folder written by 's2agri train' "
+            f"or one of {', '.join(UNTRAINED_MODELS)}"
+        )
+    try:
+        card = json.loads(card_path.read_text())
+        name, filename = card["model"], card["file"]
+    except (ValueError, KeyError) as exc:
+        raise S2AgriInputError(
+            f"{card_path} is not a valid model card ({exc}): train the model again"
+        ) from exc
+    if name not in available_models():
+        raise S2AgriInputError(
+            f"{card_path} names model {name!r}, which this s2agri does not know: "
+            f"known are {', '.join(available_models())}"
+        )
+    path = folder / filename
+    if not path.is_file():
+        raise S2AgriInputError(f"{card_path} names {filename}, which is missing: train the model again")
+    try:
+        model = load_model(name, path)
+    except (OSError, ValueError) as exc:
+        raise S2AgriInputError(
+            f"{path} cannot be read as a {name} model ({exc}): train the model again"
+        ) from exc
+    LOGGER.info("loaded %s from %s", name, path)
+    return TrainedModel(name, model, card)

@@ -1,0 +1,133 @@
+"""``s2agri predict``: the per-box prediction EOWorkflow over a folder of boxes, as one run folder.
+
+A run folder holds::
+
+    eopatches/<box>/       PRED_PROBA, PRED_CULTIVATED, PARCELS_PRED (+ reference masks), meta_info
+    submission/<box>.tif   challenge submission, uint8 0/1 at 2.5 m
+    proba/<box>_proba.tif  probability Cloud-Optimised GeoTIFF
+    parcels.gpkg           the parcels of every box (layer ``parcels``)
+    config.json            the resolved config; model_card.json the model's card
+    run.json               boxes, seconds per box, failures, model; failed.json when a box failed
+    report/                eo-learn's execution logs and HTML report
+
+A box that fails leaves no file behind; the others are kept and the failures listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+from eolearn.core import EOPatch
+
+from s2agri.tasks.vectorise import PARCELS_PRED, empty_parcels, export_parcels
+from s2agri.workflows.config import MappingConfig, dump_config, load_config
+from s2agri.workflows.mapping import PredictionWorkflow, required_inputs
+from s2agri.workflows.model_store import TrainedModel, load_trained
+from s2agri.workflows.runs import (
+    EOPATCHES,
+    REPORT,
+    ExecutionSummary,
+    check_out,
+    execute,
+    find_boxes,
+    preflight,
+    relative_folders,
+    staged_folder,
+    write_json,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+PARCELS_FILE, PARCELS_LAYER = "parcels.gpkg", "parcels"
+EXIT_SOME_FAILED = 1
+
+
+def collect_parcels(eopatch_folders: Sequence[Path], crs: str = "EPSG:32633") -> list[gpd.GeoDataFrame]:
+    """PARCELS_PRED of every EOPatch (reprojected to the first box's CRS if they differ); an empty
+    layer in ``crs`` when there is no box."""
+    frames = [EOPatch.load(str(folder), features=[PARCELS_PRED])[PARCELS_PRED] for folder in eopatch_folders]
+    if not frames:
+        return [empty_parcels(crs)]
+    crs = frames[0].crs
+    if any(not frame.crs.equals(crs) for frame in frames):
+        LOGGER.warning("boxes are in several CRSs: parcels reprojected to %s", crs)
+        frames = [frame.to_crs(crs) for frame in frames]
+    return frames
+
+
+def predict_boxes(
+    boxes: Sequence[Path], trained: TrainedModel, config: MappingConfig, run: Path, workers: int = 1
+) -> ExecutionSummary:
+    """Run the prediction workflow of every box into the (existing, empty) folder ``run``."""
+    root, folders = relative_folders(boxes)
+    for sub in ("submission", "proba", EOPATCHES):
+        (run / sub).mkdir(parents=True, exist_ok=True)
+    workflow = PredictionWorkflow(trained, config, root, run)
+    start = time.perf_counter()
+    summary = execute(
+        workflow.workflow,
+        workflow.execution_kwargs(folders, boxes),
+        [box.name for box in boxes],
+        run / REPORT,
+        workers,
+    )
+    if summary.report is not None:
+        summary.report = summary.report.relative_to(run.resolve())
+    for name in summary.failures:
+        for path in workflow.outputs_of(name):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    parcels = collect_parcels([run / EOPATCHES / name for name in summary.succeeded])
+    export_parcels(parcels, run / PARCELS_FILE, layer=PARCELS_LAYER)
+    dump_config(config, run / "config.json")
+    write_json(run / "model_card.json", trained.card)
+    write_json(
+        run / "run.json",
+        {
+            "model": trained.name,
+            "inputs": {box.name: str(box) for box in boxes},
+            "workers": workers,
+            "total_seconds": round(time.perf_counter() - start, 2),
+            **summary.to_json(),
+        },
+    )
+    if summary.failures:
+        write_json(run / "failed.json", summary.failures)
+    return summary
+
+
+def _resolved_config(args: argparse.Namespace) -> MappingConfig:
+    config = load_config(args.config)
+    if args.workers is not None:
+        config = config.model_copy(update={"workers": args.workers})
+    return MappingConfig.model_validate(config.model_dump())
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """Handler of ``s2agri predict``."""
+    config = _resolved_config(args)
+    out = check_out(args.out, args.overwrite)
+    trained = load_trained(args.model)
+    boxes = find_boxes(args.boxes)
+    preflight(boxes, required_inputs(config))
+    with staged_folder(out) as staging:
+        summary = predict_boxes(boxes, trained, config, staging, config.workers)
+    done = len(summary.succeeded)
+    print(f"predicted {done} of {len(boxes)} boxes with {trained.name} into {out}")
+    print(f"  parcels:     {out / PARCELS_FILE} (layer '{PARCELS_LAYER}')")
+    print(f"  submission:  {out / 'submission'}")
+    if summary.report is not None:
+        print(f"  report:      {out / summary.report}")
+    if summary.failures:
+        sys.stderr.write(f"s2agri: error: {summary.failure_line()}; see {out / 'failed.json'}\n")
+        return EXIT_SOME_FAILED
+    return 0

@@ -1,0 +1,203 @@
+"""Run folders: box discovery, preflight checks, atomic publication and EOExecutor runs.
+
+Every command that writes a folder (``simulate``, ``train``, ``predict``, ``demo``) builds it in a
+hidden sibling (``.<name>.tmp-XXXX``) and renames it into place at the end, so a reader never sees
+a half-written run. Boxes are checked before any work starts (:func:`preflight`), so a missing
+feature is one clear error, not a failure deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eolearn.core import EOExecutor, EOWorkflow
+from eolearn.core.types import Feature
+
+from s2agri.workflows.errors import S2AgriInputError
+from s2agri.workflows.validate import scan_eopatch
+
+LOGGER = logging.getLogger(__name__)
+
+#: Sub-folder of a run (and of ``s2agri simulate`` output) holding one EOPatch per box.
+EOPATCHES = "eopatches"
+#: Sub-folder of a run with eo-learn's execution logs and HTML report.
+REPORT = "report"
+#: Most boxes listed in one error message.
+_LISTED = 5
+
+
+def check_out(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Validate an output folder argument; an existing non-empty folder needs ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise S2AgriInputError(f"output {out} exists and is not a folder: choose another path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise S2AgriInputError(
+            f"output {out} exists and is not empty: choose another path or add --overwrite"
+        )
+    return out
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on error it is removed."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(trash)
+            staging.rename(out)
+            shutil.rmtree(trash)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def is_eopatch(path: Path) -> bool:
+    """Whether ``path`` is an EOPatch folder (eo-learn 1.x or legacy layout)."""
+    return path.is_dir() and any(path.glob("bbox.*"))
+
+
+def find_boxes(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """EOPatch folders named by ``paths``: each an EOPatch, a folder of EOPatches, or a run/simulate
+    folder with an ``eopatches/`` sub-folder. Order is kept, duplicates and box-name clashes refused."""
+    boxes: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise S2AgriInputError(f"{path} does not exist: give EOPatch folders or a folder holding them")
+        if is_eopatch(path):
+            boxes.append(path)
+            continue
+        root = path / EOPATCHES if (path / EOPATCHES).is_dir() else path
+        found = sorted(p for p in root.iterdir() if is_eopatch(p)) if root.is_dir() else []
+        if not found:
+            raise S2AgriInputError(
+                f"{path} is neither an EOPatch (no bbox file) nor a folder of EOPatches: "
+                "give the output of 's2agri simulate' or EOPatch folders"
+            )
+        boxes.extend(found)
+    resolved = [box.resolve() for box in boxes]
+    names = [box.name for box in resolved]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise S2AgriInputError(
+            f"boxes named {', '.join(clashes[:_LISTED])} appear more than once: box folder names must be unique"
+        )
+    return resolved
+
+
+def preflight(boxes: Sequence[Path], required: Sequence[Feature]) -> None:
+    """Raise one :class:`S2AgriInputError` listing boxes that lack a ``required`` feature."""
+    problems = []
+    for box in boxes:
+        present = scan_eopatch(box).features
+        missing = [f"{ftype.value}/{name}" for ftype, name in required if (ftype, name) not in present]
+        if missing:
+            problems.append(f"{box.name} lacks {', '.join(missing)}")
+    if problems:
+        more = f" (and {len(problems) - _LISTED} more boxes)" if len(problems) > _LISTED else ""
+        raise S2AgriInputError(
+            f"{'; '.join(problems[:_LISTED])}{more}: give boxes in the challenge layout "
+            "('s2agri validate' lists every problem)"
+        )
+
+
+def relative_folders(boxes: Sequence[Path]) -> tuple[Path, list[str]]:
+    """The common parent of ``boxes`` and each box's path relative to it (for LoadTask)."""
+    root = Path(os.path.commonpath([box.parent for box in boxes]))
+    return root, [str(box.relative_to(root)) for box in boxes]
+
+
+@dataclass
+class ExecutionSummary:
+    """What an EOExecutor run did: seconds per box, failures with their one-line reason, the report."""
+
+    names: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def succeeded(self) -> list[str]:
+        return [name for name in self.names if name not in self.failures]
+
+    def failure_line(self) -> str:
+        """One line naming the failed boxes and the first reasons."""
+        listed = "; ".join(f"{name}: {reason}" for name, reason in list(self.failures.items())[:_LISTED])
+        return f"{len(self.failures)} of {len(self.names)} boxes failed ({listed})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "boxes": self.names,
+            "seconds": self.seconds,
+            "failures": self.failures,
+            "report": None if self.report is None else str(self.report),
+        }
+
+
+def _reason(exception: BaseException) -> str:
+    return " ".join(f"{type(exception).__name__}: {exception}".split())
+
+
+def execute(
+    workflow: EOWorkflow,
+    execution_kwargs: Sequence[dict],
+    names: Sequence[str],
+    logs_folder: Path,
+    workers: int = 1,
+    *,
+    report: bool = True,
+) -> ExecutionSummary:
+    """Run ``workflow`` once per box with eo-learn's EOExecutor (progress bar, logs, HTML report).
+
+    A failing box does not stop the others; its reason is in :attr:`ExecutionSummary.failures`.
+    """
+    executor = EOExecutor(
+        workflow,
+        list(execution_kwargs),
+        execution_names=list(names),
+        save_logs=True,
+        logs_folder=str(logs_folder),
+    )
+    start = time.perf_counter()
+    results = executor.run(workers=workers, multiprocess=workers > 1, desc="boxes", leave=False)
+    LOGGER.info("%d boxes in %.1f s with %d worker(s)", len(names), time.perf_counter() - start, workers)
+    summary = ExecutionSummary(list(names))
+    for name, result in zip(names, results, strict=True):
+        summary.seconds[name] = round((result.end_time - result.start_time).total_seconds(), 3)
+        if result.workflow_failed():
+            info = result.stats[result.error_node_uid].exception_info
+            summary.failures[name] = _reason(info.exception) if info is not None else "unknown error"
+    if report:
+        try:
+            with warnings.catch_warnings():  # without the Graphviz 'dot' program the graph is left out
+                warnings.filterwarnings("ignore", message=".*Graphviz.*", category=UserWarning)
+                executor.make_report(include_logs=True)
+            summary.report = Path(executor.get_report_path(full_path=True))
+        except Exception as exc:  # the report is a convenience; its absence must not fail a run
+            LOGGER.warning("no HTML execution report: %s", _reason(exc))
+    return summary
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON at ``path``, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
