@@ -50,7 +50,8 @@ setup(
         "setuptools",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.4"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.4", "torch-geometric>=2.4"],
+        "graph": ["torch-geometric>=2.4"],
         "ray": ["ray[default]>=2.9"],
     },
     entry_points={"console_scripts": ["s2agri = s2agri.workflows.cli:main"]},

@@ -31,6 +31,8 @@ PRED_THRESHOLD_KEY = "PRED_THRESHOLD"
 BOX_ID_KEY = "box_id"
 #: ``meta_info`` key of the absolute path of the EOPatch a prediction was made from.
 INPUT_KEY = "input_eopatch"
+#: ``meta_info`` key of the same path relative to the run folder (survives moving run and inputs together).
+INPUT_RELATIVE_KEY = "input_eopatch_relative"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

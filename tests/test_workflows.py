@@ -14,7 +14,7 @@ from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
 from s2agri.tasks.metrics import box_scores
-from s2agri.tasks.prediction import INPUT_KEY, PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
+from s2agri.tasks.prediction import INPUT_KEY, INPUT_RELATIVE_KEY, PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
 from s2agri.tasks.vectorise import PARCELS_PRED
 from s2agri.workflows import cli
 from s2agri.workflows.errors import S2AgriInputError
@@ -333,6 +333,8 @@ def test_demo_writes_everything(tmp_path: Path, config_file: Path, capsys) -> No
     for path in ("submission/box-002.tif", "quicklooks/box-002.png", "models/lightgbm/model_card.json"):
         assert (out / path).is_file(), path
     assert "lightgbm" in printed and "ndvi-rule" in printed and str(out / "metrics.json") in printed
-    # the input path recorded in the EOPatch is relative to the demo folder, so it survived the rename
-    assert (out / patch.meta_info[INPUT_KEY]).is_dir()
+    # the input path relative to the run survived the rename of the demo folder, for the rule run too
+    assert (out / patch.meta_info[INPUT_RELATIVE_KEY]).resolve() == (out / "data/eopatches/box-002").resolve()
+    assert cli.main(["evaluate", str(out / "baselines" / "ndvi-rule"), "--quicklooks"]) == 0
+    assert (out / "baselines" / "ndvi-rule" / "quicklooks" / "box-002.png").is_file()
     assert FeatureType.DATA not in {ftype for ftype, _ in patch.get_features()}

@@ -19,7 +19,7 @@ from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
 from s2agri.tasks.metrics import SCORE_KEYS, box_confusions, pool_confusions, scores, summarise
-from s2agri.tasks.prediction import INPUT_KEY, PRED_CULTIVATED, PRED_MODEL_KEY
+from s2agri.tasks.prediction import INPUT_KEY, INPUT_RELATIVE_KEY, PRED_CULTIVATED, PRED_MODEL_KEY
 from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.validate import scan_eopatch
 
@@ -106,14 +106,16 @@ def _quicklook_patch(folder: Path) -> EOPatch:
     masks = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED]
     bands = [contract.BANDS, contract.CLM, contract.IS_DATA]
     patch = EOPatch.load(str(folder), features=[*masks, FeatureType.META_INFO])
-    source = folder if contract.BANDS in scan_eopatch(folder).features else None
-    if source is None and patch.meta_info.get(INPUT_KEY):
-        source = Path(patch.meta_info[INPUT_KEY])
-        if not source.is_absolute():  # relative to the run folder, <run>/eopatches/<box>
-            source = folder.resolve().parent.parent / source
-    if source is None or not source.is_dir():
+    candidates = [folder] if contract.BANDS in scan_eopatch(folder).features else []
+    if patch.meta_info.get(INPUT_RELATIVE_KEY):  # relative to the run folder, <run>/eopatches/<box>
+        candidates.append(folder.resolve().parent.parent / patch.meta_info[INPUT_RELATIVE_KEY])
+    if patch.meta_info.get(INPUT_KEY):
+        candidates.append(Path(patch.meta_info[INPUT_KEY]))
+    source = next((path for path in candidates if path.is_dir()), None)
+    if source is None:
         raise S2AgriInputError(
-            f"{folder} has no bands and its input EOPatch ({source}) is gone: quicklooks need the input bands"
+            f"{folder} has no bands and its input EOPatch is gone ({', '.join(map(str, candidates[-2:]))}): "
+            "quicklooks need the input bands"
         )
     inputs = EOPatch.load(str(source), features=bands)
     patch.timestamps = inputs.timestamps

@@ -41,7 +41,14 @@ from s2agri.tasks import contract
 from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask, valid_frame_filter
 from s2agri.tasks.predict_pixel import PixelModelPredictTask
-from s2agri.tasks.prediction import BOX_ID_KEY, INPUT_KEY, PRED_CULTIVATED, PRED_PROBA, NdviRuleTask
+from s2agri.tasks.prediction import (
+    BOX_ID_KEY,
+    INPUT_KEY,
+    INPUT_RELATIVE_KEY,
+    PRED_CULTIVATED,
+    PRED_PROBA,
+    NdviRuleTask,
+)
 from s2agri.tasks.stats5x5 import NeighbourhoodStatisticsTask
 from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
 from s2agri.workflows.config import MappingConfig
@@ -79,12 +86,17 @@ def box_seed_id(box: str) -> int:
 
 
 class BoxNameTask(EOTask):
-    """Records the box name (``execute(eopatch, box=...)``) in ``meta_info["box_id"]``, and the input path."""
+    """Records the box name (``execute(eopatch, box=...)``) in ``meta_info["box_id"]``, and where the
+    input EOPatch is: its absolute path and its path relative to the run folder."""
 
-    def execute(self, eopatch: EOPatch, *, box: str, source: str | None = None) -> EOPatch:
+    def execute(
+        self, eopatch: EOPatch, *, box: str, source: str | None = None, relative_source: str | None = None
+    ) -> EOPatch:
         eopatch.meta_info[BOX_ID_KEY] = box
         if source is not None:
             eopatch.meta_info[INPUT_KEY] = source
+        if relative_source is not None:
+            eopatch.meta_info[INPUT_RELATIVE_KEY] = relative_source
         return eopatch
 
 
@@ -223,19 +235,17 @@ class PredictionWorkflow:
                     **_node_kwargs(
                         self.workflow,
                         {
-                            BoxNameTask: {"box": box.name, "source": self.source_of(box)},
+                            BoxNameTask: {
+                                "box": box.name,
+                                "source": str(box.resolve()),
+                                "relative_source": os.path.relpath(box.resolve(), self.run.resolve()),
+                            },
                             SaveTask: {"eopatch_folder": box.name},
                         },
                     ),
                 }
             )
         return kwargs
-
-    def source_of(self, box: Path) -> str:
-        """The input path recorded in ``meta_info``: relative to the run when inside it (so it survives
-        moving the run folder), else absolute."""
-        box, run = box.resolve(), self.run.resolve()
-        return str(box.relative_to(run)) if box.is_relative_to(run) else str(box)
 
     def outputs_of(self, box: str) -> list[Path]:
         """Every path the workflow writes for ``box`` (to remove them when the box failed)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -95,6 +96,7 @@ def predict_boxes(
         {
             "model": trained.name,
             "inputs": {box.name: str(box) for box in boxes},
+            "inputs_relative": {box.name: os.path.relpath(box, run.resolve()) for box in boxes},
             "workers": workers,
             "total_seconds": round(time.perf_counter() - start, 2),
             **summary.to_json(),
