@@ -338,3 +338,22 @@ def test_demo_writes_everything(tmp_path: Path, config_file: Path, capsys) -> No
     assert cli.main(["evaluate", str(out / "baselines" / "ndvi-rule"), "--quicklooks"]) == 0
     assert (out / "baselines" / "ndvi-rule" / "quicklooks" / "box-002.png").is_file()
     assert FeatureType.DATA not in {ftype for ftype, _ in patch.get_features()}
+
+
+def test_box_without_parcels(region: Path, run: Path, tmp_path: Path, capsys) -> None:
+    """No cultivated pixel: training refuses (one class), scoring follows scikit-learn (MCC, F1 = 0)."""
+
+    def no_parcels(patch: EOPatch) -> None:
+        patch[contract.CULTIVATED] = np.zeros_like(patch[contract.CULTIVATED])
+        patch[contract.NOT_DECLARED] = np.zeros_like(patch[contract.NOT_DECLARED])
+
+    box = _copy_box(region / "eopatches" / "box-000", tmp_path / "boxes" / "box-empty", no_parcels)
+    assert cli.main(["train", str(box), "--out", str(tmp_path / "m")]) == 2
+    assert "0 cultivated labelled pixels: add boxes with both classes" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert cli.main(["predict", str(box), "--model", "ndvi-rule", "--out", str(out)]) == 0
+    assert cli.main(["evaluate", str(out)]) == 0
+    row = json.loads((out / "metrics.json").read_text())[0]
+    predicted = EOPatch.load(str(out / "eopatches" / "box-empty"))[PRED_CULTIVATED]
+    assert row["mcc_full"] == row["weighted_mcc"] == row["f1_full"] == 0.0
+    assert row["acc_full"] == pytest.approx(1.0 - predicted.mean())
