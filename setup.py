@@ -37,6 +37,7 @@ setup(
         "pandas>=1.5",
         "rasterio>=1.3.8",
         "pyogrio>=0.7",
+        "pyarrow>=12",
         "pyproj>=3.4",
         "scikit-image>=0.21",
         "scikit-learn>=1.4",
