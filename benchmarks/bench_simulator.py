@@ -17,8 +17,9 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _common import calibration_seconds
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,19 +45,6 @@ print(json.dumps({
     "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
 }))
 """
-
-
-def calibration_seconds() -> float:
-    """A fixed numpy workload (float32 matmuls and element-wise ops) on this machine."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    a = rng.random((1500, 1500), dtype=np.float32)
-    start = time.perf_counter()
-    for _ in range(10):
-        b = a @ a
-        a = np.tanh(b / b.max()).astype(np.float32)
-    return time.perf_counter() - start
 
 
 def run_child(size: int, frames: int, threads: int) -> dict:

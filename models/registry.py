@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 LOGGER = logging.getLogger(__name__)
 
 #: Modules whose import registers the built-in models (imported lazily, in this order).
-BUILTIN_MODULES: list[str] = ["s2agri.models.baselines"]
+BUILTIN_MODULES: list[str] = ["s2agri.models.baselines", "s2agri.models.gcnn", "s2agri.models.unet"]
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _builtins_loaded = False

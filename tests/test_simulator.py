@@ -698,7 +698,10 @@ def test_simulate_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pyt
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     argv = ["simulate", str(out), "--boxes", "1", "--size", "40", "--seed", "3", "--frames-max", "19"]
-    with pytest.raises(RuntimeError, match="simulation failed: 1 of 1 boxes failed \(box-000: RuntimeError: injected failure\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"simulation failed: 1 of 1 boxes failed \(box-000: RuntimeError: injected failure\)",
+    ):
         cli.main([*argv, "--overwrite"])
     assert _tree(out) == {"keep.txt": b"precious"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -100,7 +100,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add_boxes_argument(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
     parser.add_argument(
-        "--model", choices=("lightgbm", "random-forest"), help="model to fit (overrides train.model)"
+        "--model",
+        choices=("lightgbm", "random-forest", "gcnn", "unet-b", "unet-tc"),
+        help="model to fit (overrides train.model)",
     )
     _add_run_options(parser)
 

@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from s2agri.models.training import TrainerConfig
 from s2agri.workflows.errors import S2AgriInputError
 
 
@@ -45,15 +46,37 @@ class FeatureConfig(_Strict):
 class TrainConfig(_Strict):
     """Pixel sampling and fitting."""
 
-    model: Literal["lightgbm", "random-forest"] = "lightgbm"
+    model: Literal["lightgbm", "random-forest", "gcnn", "unet-b", "unet-tc"] = "lightgbm"
     params: dict[str, float | int | str | bool] = Field(
-        default_factory=dict, description="model keyword arguments"
+        default_factory=dict, description="model keyword arguments (constructor of the registry model)"
     )
     samples_per_box: int = Field(20_000, ge=100)
     max_samples: int = Field(400_000, ge=1_000)
     balanced: bool = True
     sample_weights: bool = Field(False, description="weight samples with the challenge weight map")
     seed: int = Field(0, ge=0)
+
+
+class DeepConfig(_Strict):
+    """Tensor stacks, patches and the training loop of the deep segmenters (``gcnn``, ``unet-*``)."""
+
+    n_frames: int | None = Field(
+        None, ge=1, description="frames per box: None = all (GCNN); the N least cloudy in time order"
+    )
+    unet_frames: int = Field(20, ge=1, description="frames of the U-Nets when n_frames is None (fixed input)")
+    patch_size: int = Field(100, ge=8, description="training patch side at 2.5 m (a multiple of 4)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="training boxes held out for validation")
+    weights: Literal["challenge", "none"] = "challenge"
+    cache_boxes: int = Field(2, ge=1, description="prepared boxes kept in memory while training")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    tile: int = Field(128, ge=16, description="inference tile side at 10 m")
+
+    @field_validator("patch_size")
+    @classmethod
+    def _multiple_of_scale(cls, value: int) -> int:
+        if value % 4:
+            raise ValueError("patch_size must be a multiple of 4 (whole 10 m pixels)")
+        return value
 
 
 class PredictConfig(_Strict):
@@ -77,12 +100,18 @@ class ExportConfig(_Strict):
     proba_dtype: Literal["uint8", "float32"] = "uint8"
 
 
+#: Models trained by :mod:`s2agri.workflows.train` on sampled pixels / on tensor patches.
+PIXEL_MODELS: tuple[str, ...] = ("lightgbm", "random-forest")
+DEEP_MODELS: tuple[str, ...] = ("gcnn", "unet-b", "unet-tc")
+
+
 class MappingConfig(_Strict):
     """Everything the per-box cultivated-land workflow needs."""
 
     masks: MaskConfig = MaskConfig()
     features: FeatureConfig = FeatureConfig()
     train: TrainConfig = TrainConfig()
+    deep: DeepConfig = DeepConfig()
     predict: PredictConfig = PredictConfig()
     vectorise: VectoriseConfig = VectoriseConfig()
     export: ExportConfig = ExportConfig()

@@ -40,6 +40,7 @@ from s2agri.models.sampling import STATS5X5, sample_eopatch
 from s2agri.tasks import contract
 from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask, valid_frame_filter
+from s2agri.tasks.predict_deep import DeepModelPredictTask
 from s2agri.tasks.predict_pixel import PixelModelPredictTask
 from s2agri.tasks.prediction import (
     BOX_ID_KEY,
@@ -185,6 +186,16 @@ def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
     """The task writing PRED_PROBA / PRED_CULTIVATED with ``trained``."""
     if trained.is_rule:
         return NdviRuleTask()
+    if trained.is_deep:
+        return DeepModelPredictTask(
+            trained.model,
+            trained.normaliser,
+            trained.n_frames,
+            config.predict.threshold,
+            model_name=trained.name,
+            tile=config.deep.tile,
+            num_threads=config.deep.trainer.num_threads,
+        )
     return PixelModelPredictTask(
         trained.model,
         mode=config.predict.mode,
@@ -211,7 +222,7 @@ class PredictionWorkflow:
         tasks = [
             LoadTask(str(input_root)),
             BoxNameTask(),
-            *feature_tasks(config, statistics=not trained.is_rule),
+            *feature_tasks(config, statistics=not (trained.is_rule or trained.is_deep)),
             prediction_task(trained, config),
             VectoriseTask(
                 min_area_m2=config.vectorise.min_area_m2,

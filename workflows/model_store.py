@@ -36,10 +36,17 @@ class TrainedModel:
     name: str
     model: Any | None
     card: dict[str, Any] = field(default_factory=dict)
+    #: deep models only: the training percentiles and the frames per box
+    normaliser: Any | None = None
+    n_frames: int | None = None
 
     @property
     def is_rule(self) -> bool:
         return self.model is None
+
+    @property
+    def is_deep(self) -> bool:
+        return self.normaliser is not None
 
 
 def model_filename(name: str) -> str:
@@ -47,18 +54,11 @@ def model_filename(name: str) -> str:
     return f"model{_FILE_SUFFIX.get(name, '.bin')}"
 
 
-def save_trained(model: Any, name: str, folder: Path, card: dict[str, Any]) -> dict[str, Any]:
-    """Write ``model`` and its card (completed with size and parameter counts) into ``folder``;
-    returns the completed card."""
-    folder.mkdir(parents=True, exist_ok=True)
-    filename = model_filename(name)
-    model.save(folder / filename)
+def save_card(folder: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """Write ``model_card.json`` (with creation time and s2agri version) into ``folder``, atomically."""
     from s2agri.workflows.cli import package_version
 
     card = {
-        "model": name,
-        "file": filename,
-        **model_summary(model),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "s2agri_version": package_version(),
         **card,
@@ -67,6 +67,15 @@ def save_trained(model: Any, name: str, folder: Path, card: dict[str, Any]) -> d
     tmp.write_text(json.dumps(card, indent=2, default=str) + "\n")
     tmp.replace(folder / MODEL_CARD)
     return card
+
+
+def save_trained(model: Any, name: str, folder: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """Write a fitted pixel classifier and its card (completed with size and parameter counts) into
+    ``folder``; returns the completed card."""
+    folder.mkdir(parents=True, exist_ok=True)
+    filename = model_filename(name)
+    model.save(folder / filename)
+    return save_card(folder, {"model": name, "file": filename, **model_summary(model), **card})
 
 
 def load_trained(spec: str | os.PathLike[str]) -> TrainedModel:
@@ -95,6 +104,8 @@ def load_trained(spec: str | os.PathLike[str]) -> TrainedModel:
     path = folder / filename
     if not path.is_file():
         raise S2AgriInputError(f"{card_path} names {filename}, which is missing: train the model again")
+    if path.suffix == ".pt":
+        return _load_deep(name, path, card)
     try:
         model = load_model(name, path)
     except (OSError, ValueError) as exc:
@@ -103,3 +114,20 @@ def load_trained(spec: str | os.PathLike[str]) -> TrainedModel:
         ) from exc
     LOGGER.info("loaded %s from %s", name, path)
     return TrainedModel(name, model, card)
+
+
+def _load_deep(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
+    """A torch segmenter from its checkpoint (``torch.load(weights_only=True)``) with its normaliser."""
+    from s2agri.models.training import build_model_from_checkpoint, load_checkpoint
+    from s2agri.tasks.tensors import PercentileNormaliser
+
+    try:
+        checkpoint = load_checkpoint(path)
+        model = build_model_from_checkpoint(checkpoint)
+        normaliser = PercentileNormaliser.from_dict(checkpoint["normalisation"])
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise S2AgriInputError(
+            f"{path} cannot be read as a {name} checkpoint ({exc}): train the model again"
+        ) from exc
+    LOGGER.info("loaded %s from %s (epoch %s)", name, path, checkpoint.get("best_epoch"))
+    return TrainedModel(name, model, card, normaliser, checkpoint.get("n_frames"))

@@ -21,7 +21,7 @@ import numpy as np
 
 from s2agri.models.sampling import SampleAccumulator, SampleSet
 from s2agri.tasks.predict_pixel import train_pixel_model
-from s2agri.workflows.config import MappingConfig, dump_config, load_config
+from s2agri.workflows.config import DEEP_MODELS, MappingConfig, dump_config, load_config
 from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.mapping import SAMPLES, SamplingWorkflow, required_inputs
 from s2agri.workflows.model_store import save_trained
@@ -127,12 +127,27 @@ def train_command(args: argparse.Namespace) -> int:
     boxes = find_boxes(args.boxes)
     preflight(boxes, required_inputs(config, reference=True))
     with staged_folder(out) as staging:
-        card = train_model(boxes, config, staging, config.workers)
-    print(
-        f"trained {card['model']} on {card['samples']['total']} pixels of {len(card['training_boxes'])} boxes "
-        f"in {card['train_seconds']:.1f} s: {card['n_parameters']} nodes, {card['serialized_bytes']} bytes"
-    )
-    if card["skipped_boxes"]:
+        if config.train.model in DEEP_MODELS:
+            from s2agri.workflows.train_deep import train_deep_model
+
+            card = train_deep_model(boxes, config, staging)
+            dump_config(config, staging / "config.json")
+        else:
+            card = train_model(boxes, config, staging, config.workers)
+    if config.train.model in DEEP_MODELS:
+        validation = card["validation"]
+        print(
+            f"trained {card['model']} ({card['n_parameters']} parameters) on {card['patches']['train']} patches of "
+            f"{len(card['training_boxes'])} boxes in {card['train_seconds']:.1f} s: {card['epochs']} epochs "
+            f"({card['stop_reason']}), best epoch {card['best_epoch']}: val loss {validation['val_loss']:.4f}, "
+            f"val MCC {validation['val_mcc']:.3f}"
+        )
+    else:
+        print(
+            f"trained {card['model']} on {card['samples']['total']} pixels of {len(card['training_boxes'])} boxes "
+            f"in {card['train_seconds']:.1f} s: {card['n_parameters']} nodes, {card['serialized_bytes']} bytes"
+        )
+    if card.get("skipped_boxes"):
         print(f"skipped {len(card['skipped_boxes'])} boxes, see {out / 'model_card.json'}")
     print(f"wrote the model to {out}")
     return 0

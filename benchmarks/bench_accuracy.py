@@ -1,0 +1,245 @@
+"""Benchmark: accuracy of ndvi-rule, LightGBM and RandomForest on held-out full simulated boxes.
+
+Simulates seed ``--seed`` boxes 0..N-1 (500 x 500 px at 10 m, the default 19..48 frames; box ``i``
+lies at column ``i % 10``, row ``i // 10`` of the simulator's fixed 5 km grid) into a scratch folder
+(``--data``, reused by later runs: only the first run simulates). Boxes ``--train`` (default 0-5, six
+boxes) train LightGBM and the random forest with the default :class:`MappingConfig` (only
+``train.model`` differs); boxes ``--holdout`` (default 6-9, four boxes, the eastern end of the same
+grid row, so only box-005 | box-006 share an edge with training data) are predicted by each model with
+:func:`s2agri.workflows.predict.predict_boxes` and scored with
+:func:`s2agri.workflows.evaluate.evaluate_boxes`. The mean-NDVI rule needs no training.
+
+Per model: pooled (confusions summed over the hold-out boxes, as the challenge scores) and mean / std
+over hold-out boxes of weighted MCC and the Full / Mask MCC, F1 and accuracy; tree nodes
+(``n_parameters``) and serialized bytes; sampling and fit seconds; prediction seconds per box
+(``summary.seconds``, the whole per-box workflow). The choice of boxes was made from the reference
+class shares only (reported per box), before any model was scored. Writes ``results/accuracy.json``.
+
+    python benchmarks/bench_accuracy.py [--data /tmp/s2agri-bench-accuracy] [--reuse-models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from _common import calibration_seconds, ensure_data, git_state, machine_info, quiet_logging
+
+LOGGER = logging.getLogger("bench_accuracy")
+RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.json"
+DEFAULT_DATA = Path("/tmp/s2agri-bench-accuracy")
+MODELS = ("ndvi-rule", "lightgbm", "random-forest")
+TRAINED = ("lightgbm", "random-forest")
+REPORTED = ("weighted_mcc", "mcc_full", "mcc_mask", "f1_full", "f1_mask", "acc_full", "acc_mask")
+
+
+def parse_indices(text: str) -> list[int]:
+    """``"0-5"`` or ``"0,2,4"`` (or a mix) -> sorted box indices."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(out)
+
+
+def box_facts(box: Path) -> dict[str, object]:
+    """Frames, mean valid fraction and reference class shares (2.5 m) of a simulated box."""
+    from eolearn.core import EOPatch
+
+    from s2agri.tasks import contract
+
+    patch = EOPatch.load(
+        str(box), features=[contract.IS_DATA, contract.CLM, contract.CULTIVATED, contract.NOT_DECLARED]
+    )
+    valid = patch[contract.IS_DATA][..., 0] & (patch[contract.CLM][..., 0] == 0)
+    cultivated, not_declared = patch[contract.CULTIVATED][..., 0], patch[contract.NOT_DECLARED][..., 0]
+    return {
+        "frames": int(valid.shape[0]),
+        "valid_fraction": round(float(valid.mean()), 3),
+        "clear_frames_95": int((valid.reshape(valid.shape[0], -1).mean(axis=1) >= 0.95).sum()),
+        "cultivated": round(float(cultivated.mean()), 3),
+        "not_declared": round(float(not_declared.mean()), 3),
+        "not_cultivated": round(float((~cultivated & ~not_declared).mean()), 3),
+    }
+
+
+def train(name: str, boxes: list[Path], data: Path, reuse: bool) -> dict:
+    """Train ``name`` with the default config on ``boxes`` into ``data/models/<name>``; its card."""
+    from s2agri.workflows.config import MappingConfig
+    from s2agri.workflows.model_store import MODEL_CARD
+    from s2agri.workflows.train import train_model
+
+    config = MappingConfig.model_validate({"train": {"model": name}})
+    folder = data / "models" / name
+    card_path = folder / MODEL_CARD
+    if reuse and card_path.is_file():
+        card = json.loads(card_path.read_text())
+        if card.get("training_boxes") == [b.name for b in boxes] and card.get("config") == config.model_dump(
+            mode="json"
+        ):
+            LOGGER.info("reusing %s from %s", name, folder)
+            wall = folder / "bench_wall.json"
+            card.update(json.loads(wall.read_text()) if wall.is_file() else {})
+            card["reused"] = True
+            return card
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    card = train_model(boxes, config, folder)
+    card["train_wall_seconds"] = round(time.perf_counter() - start, 2)
+    (folder / "bench_wall.json").write_text(json.dumps({"train_wall_seconds": card["train_wall_seconds"]}))
+    LOGGER.info(
+        "%s: trained in %.1f s wall (fit %.1f s)", name, card["train_wall_seconds"], card["train_seconds"]
+    )
+    return card
+
+
+def predict_and_score(name: str, holdout: list[Path], data: Path) -> tuple[dict, list[dict]]:
+    """Predict ``holdout`` with model ``name`` into ``data/runs/<name>``; seconds and score rows."""
+    from s2agri.workflows.config import MappingConfig
+    from s2agri.workflows.evaluate import evaluate_boxes
+    from s2agri.workflows.model_store import load_trained
+    from s2agri.workflows.predict import predict_boxes
+
+    trained = load_trained(name if name == "ndvi-rule" else data / "models" / name)
+    config = MappingConfig.model_validate({} if trained.is_rule else {"train": {"model": trained.name}})
+    run = data / "runs" / name
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    start = time.perf_counter()
+    summary = predict_boxes(holdout, trained, config, run)
+    wall = time.perf_counter() - start
+    if summary.failures:
+        raise RuntimeError(f"{name}: {summary.failure_line()}")
+    LOGGER.info("%s: predicted %d boxes in %.1f s", name, len(holdout), wall)
+    rows = evaluate_boxes([run / "eopatches" / box.name for box in holdout], model=name)
+    return {"seconds_per_box": summary.seconds, "predict_boxes_wall_seconds": round(wall, 2)}, rows
+
+
+def model_entry(name: str, card: dict | None, timing: dict, rows: list[dict]) -> dict:
+    from s2agri.workflows.evaluate import summary_rows
+
+    stats = summary_rows(rows)[name]
+    seconds = list(timing["seconds_per_box"].values())
+    entry: dict[str, object] = {
+        "model": name,
+        "pooled": {k: next(r[k] for r in rows if r["box"] == "pooled") for k in REPORTED},
+        "mean": {k: stats[k]["mean"] for k in REPORTED},
+        "std": {k: stats[k]["std"] for k in REPORTED},
+        "per_box": [r for r in rows if r["box"] != "pooled"],
+        "n_parameters": 0 if card is None else card["n_parameters"],
+        "serialized_bytes": 0 if card is None else card["serialized_bytes"],
+        "inference_seconds_per_box": timing["seconds_per_box"],
+        "inference_seconds_mean": sum(seconds) / len(seconds),
+        "predict_boxes_wall_seconds": timing["predict_boxes_wall_seconds"],
+    }
+    if card is not None:
+        entry.update(
+            {
+                "fit_seconds": card["train_seconds"],
+                "sampling_seconds": card["sampling_seconds"],
+                "train_wall_seconds": card.get("train_wall_seconds"),
+                "samples": card["samples"],
+                "samples_seen": card.get("samples_seen"),
+                "model_reused_from_earlier_run": bool(card.get("reused", False)),
+            }
+        )
+    return entry
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="scratch folder, reused")
+    parser.add_argument("--boxes", type=int, default=10, help="boxes simulated (0..N-1)")
+    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", default="0-5", help="training box indices, e.g. 0-5")
+    parser.add_argument("--holdout", default="6-9", help="hold-out box indices, e.g. 6-9")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--reuse-models", action="store_true", help="keep models trained by an earlier run")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    quiet_logging()
+    machine = machine_info()
+    calibration = calibration_seconds()
+    LOGGER.info("reference workload: %.2f s", calibration)
+
+    train_idx, holdout_idx = parse_indices(args.train), parse_indices(args.holdout)
+    if set(train_idx) & set(holdout_idx):
+        parser.error(f"--train {args.train} and --holdout {args.holdout} overlap")
+    if max(train_idx + holdout_idx) >= args.boxes:
+        parser.error(f"box indices must be below --boxes {args.boxes}")
+    data = args.data.resolve()
+    boxes, simulate_s = ensure_data(data, args.boxes, args.size, args.seed)
+    facts = {box.name: box_facts(box) for box in boxes}
+    for name, fact in facts.items():
+        LOGGER.info("%s: %s", name, fact)
+    train_boxes = [boxes[i] for i in train_idx]
+    holdout = [boxes[i] for i in holdout_idx]
+
+    cards = {
+        name: train(name, train_boxes, data, args.reuse_models) for name in args.models if name in TRAINED
+    }
+    entries = {}
+    for name in args.models:
+        timing, rows = predict_and_score(name, holdout, data)
+        entries[name] = model_entry(name, cards.get(name), timing, rows)
+        LOGGER.info("%s pooled: %s", name, {k: round(v, 3) for k, v in entries[name]["pooled"].items()})
+
+    result: dict[str, object] = {
+        "benchmark": "hold-out accuracy of the per-box models on full simulated boxes",
+        "data": {
+            "simulator_seed": args.seed,
+            "size_px": args.size,
+            "frames": "uniform in [19, 48] per box (simulator defaults)",
+            "grid": "box i at column i % 10, row i // 10 of a 5 km grid from (450000, 5080000) EPSG:32633",
+            "train_boxes": [b.name for b in train_boxes],
+            "holdout_boxes": [b.name for b in holdout],
+            "boxes": facts,
+            "simulate_seconds": simulate_s,
+        },
+        "config": "MappingConfig defaults, train.model set per model; predict threshold 0.5, 1 worker",
+        "models": entries,
+        "ranking_by_pooled_weighted_mcc": sorted(
+            entries, key=lambda n: entries[n]["pooled"]["weighted_mcc"], reverse=True
+        ),
+        "calibration_s": calibration,
+        "peak_rss_gb_parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "machine": machine,
+        "loadavg_1min_after": os.getloadavg()[0],
+        "git": git_state(),
+        "note": (
+            "Scores are on simulated data (s2agri's simulator), not the challenge boxes. Timings "
+            "(fit, sampling, inference) were taken on a shared 2-core machine with other test runs at "
+            "times: upper bounds. inference_seconds_per_box is the whole per-box prediction workflow "
+            "(load, masks, 5x5 statistics, predict, vectorise, save, GeoTIFF, COG)."
+        ),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    header = (
+        f"{'model':<15}{'wMCC pooled':>12}{'wMCC mean±std':>17}{'MCC mask':>10}{'F1 mask':>9}{'Acc mask':>9}"
+    )
+    print(header + f"{'nodes':>10}{'MB':>8}{'fit s':>8}{'s/box':>8}")
+    for name, e in entries.items():
+        p, m, s = e["pooled"], e["mean"], e["std"]
+        print(
+            f"{name:<15}{p['weighted_mcc']:>12.3f}{m['weighted_mcc']:>10.3f} ± {s['weighted_mcc']:.3f}"
+            f"{p['mcc_mask']:>10.3f}{p['f1_mask']:>9.3f}{p['acc_mask']:>9.3f}"
+            f"{e['n_parameters']:>10}{e['serialized_bytes'] / 1e6:>8.2f}{e.get('fit_seconds', 0.0):>8.1f}"
+            f"{e['inference_seconds_mean']:>8.1f}"
+        )
+    print(f"train {', '.join(b.name for b in train_boxes)}; hold-out {', '.join(b.name for b in holdout)}")
+    print(f"results in {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,698 @@
+"""Training loop of the torch segmenters (GCNN, U-Nets): seeded, checkpointed, resumable.
+
+Seed 000's recipe is the default (:class:`TrainerConfig`): Adam, lr 1e-3, batch 100, binary
+cross-entropy, early stopping with patience 12 on the validation loss, at most 100 epochs.
+
+Loss. The models output logits (B, 1, 4h, 4w) at 2.5 m; each batch carries a per-pixel
+``weight`` (0 = ignore, e.g. NOT_DECLARED; else 1 or the challenge weight map). The loss is
+``sum(w * bce_with_logits) / sum(w)``: a weighted *mean* over the pixels of the batch, so its
+scale does not depend on the patch size or on how many pixels are ignored. With
+``weighted_loss=False`` the weights only mask: ``w = (weight > 0)``. The epoch losses (train and
+validation) pool the same way over every pixel of the epoch (sum of weighted losses divided by
+the sum of weights), not as a mean of batch means. A batch whose weights are all 0 is skipped.
+
+Validation metrics: MCC, F1 and accuracy of ``sigmoid(logit) >= 0.5`` (``logit >= 0``) on the
+pixels with ``weight > 0``, from confusion counts summed over the whole validation set
+(:mod:`s2agri.tasks.metrics`); ``val_weighted_mcc`` weights the counts by ``weight`` (it equals
+``val_mcc`` when the weights are 0/1, and is the challenge score with the challenge weight map).
+
+Outputs in ``out_dir``: ``metrics.csv`` (one row per epoch, :data:`CSV_COLUMNS`), ``last.pt``
+after every epoch and ``best.pt`` at every improvement of the validation loss, both written
+atomically (temporary name, then ``os.replace``) and loadable with
+``torch.load(path, weights_only=True)`` (:data:`CHECKPOINT_KEYS` plus the caller's extras).
+
+Seeding and resume. Before epoch ``e`` (0-based) torch, numpy's global RNG and ``random`` are
+seeded from ``(seed, e)`` (:func:`epoch_seed`) and ``set_epoch(e)`` is called on the loaders'
+``batch_sampler``/``sampler`` when they have one; deterministic algorithms are requested during
+:meth:`Trainer.fit`. The random stream of an epoch therefore depends only on the seed, the
+epoch index and the state at its start (weights, optimizer), all of which a checkpoint holds,
+so ``N`` epochs straight equal ``k`` epochs, a resume from ``last.pt``, then ``N - k`` epochs.
+The initial weights are the caller's: build the model after :func:`seed_everything` (as
+:meth:`Trainer.build` does) for runs that are reproducible end to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+from torch.nn import functional as F  # noqa: N812 (torch convention)
+
+# Not tqdm.auto: its asyncio class calls iter() once more, so a DataLoader would draw from the RNG
+# (and start its workers) twice per epoch.
+from tqdm import tqdm
+
+from s2agri.tasks.metrics import Confusion, accuracy, f1, mcc
+
+from .registry import create_model, get_constructor
+
+LOGGER = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+#: Version of the checkpoint layout, stored under ``"checkpoint_version"``.
+CHECKPOINT_VERSION = 1
+#: Keys every checkpoint holds; the caller's ``checkpoint_extra`` keys come on top.
+CHECKPOINT_KEYS: tuple[str, ...] = (
+    "checkpoint_version",
+    "model_name",
+    "model_kwargs",
+    "model_state",
+    "optimizer_state",
+    "epoch",
+    "best_val_loss",
+    "best_epoch",
+    "epochs_without_improvement",
+    "trainer_config",
+    "history",
+    "rng_state",
+    "extra_keys",
+)
+#: Columns of ``metrics.csv`` and keys of each :attr:`History.epochs` row.
+CSV_COLUMNS: tuple[str, ...] = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_mcc",
+    "val_f1",
+    "val_acc",
+    "val_weighted_mcc",
+    "lr",
+    "epoch_seconds",
+    "improved",
+)
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+METRICS_CSV = "metrics.csv"
+
+
+class TrainerConfig(BaseModel):
+    """Hyper-parameters of :class:`Trainer` (defaults: seed 000's recipe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-3, ge=0.0, description="Adam learning rate")
+    batch_size: int = Field(100, ge=1, description="patches per batch (the caller builds the loaders)")
+    max_epochs: int = Field(100, ge=1)
+    patience: int = Field(12, ge=1, description="stop after this many epochs without a better val loss")
+    weighted_loss: bool = Field(True, description="BCE weighted by the item weight; False: weight only masks")
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads during fit (None: unchanged)")
+    grad_clip: float | None = Field(None, gt=0.0, description="max gradient L2 norm (None: no clipping)")
+    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms during fit")
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, value: str) -> str:
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"invalid torch device {value!r}: {error}") from None
+        return value
+
+
+@dataclass
+class History:
+    """Per-epoch rows (:data:`CSV_COLUMNS`) and the outcome of a :meth:`Trainer.fit`."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_loss: float = math.inf
+    stop_reason: str = ""
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stop_reason == "early_stopping"
+
+    def column(self, name: str) -> list[Any]:
+        """One column of the epoch rows, e.g. ``history.column("val_loss")``."""
+        return [row[name] for row in self.epochs]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The 32-bit seed of epoch ``epoch`` (0-based) of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's global RNG and ``random`` with ``seed`` (< 2**32)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def masked_bce_with_logits(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, *, weighted: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum(w * bce), sum(w))`` over all pixels; the loss is their ratio.
+
+    ``w`` is ``weight`` (``weighted=True``) or ``weight > 0`` as 0/1. Returning the two sums lets
+    callers pool a loss over many batches exactly.
+    """
+    if logits.shape != target.shape or target.shape != weight.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)}, target {tuple(target.shape)} and weight "
+            f"{tuple(weight.shape)} must have the same shape"
+        )
+    w = weight.to(logits.dtype) if weighted else (weight > 0).to(logits.dtype)
+    losses = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
+    return (losses * w).sum(), w.sum()
+
+
+def load_checkpoint(path: PathLike) -> dict[str, Any]:
+    """A checkpoint written by :class:`Trainer`, loaded on the CPU with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors come in many types
+        raise ValueError(f"cannot load checkpoint {path}: {error}") from error
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not an s2agri training checkpoint: missing {', '.join(missing)}")
+    return ckpt
+
+
+def build_model_from_checkpoint(ckpt: Mapping[str, Any] | PathLike) -> nn.Module:
+    """The checkpoint's model, rebuilt through the registry with its weights, in eval mode."""
+    if not isinstance(ckpt, Mapping):
+        ckpt = load_checkpoint(ckpt)
+    model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {ckpt['model_name']!r} is not a torch nn.Module")
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    return model
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """``ValueError`` unless ``value`` is made of what ``torch.load(weights_only=True)`` reads back."""
+    if isinstance(value, (np.generic, np.ndarray)):  # before the float check: np.float64 is a float
+        raise ValueError(f"{where} is a numpy {type(value).__name__}: convert it (.item(), .tolist())")
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise ValueError(f"{where} has a key of type {type(key).__name__}: use str keys")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    raise ValueError(
+        f"{where} is a {type(value).__name__}: checkpoints hold only tensors, dicts, lists, str, int, "
+        "float, bool and None"
+    )
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name next to ``path``, then ``os.replace`` into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _format_csv(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # shortest exact round-trip
+    return value
+
+
+def _csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([_format_csv(row[c]) for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def _set_loader_epoch(loader: Any, epoch: int) -> None:
+    """``set_epoch(epoch)`` on the loader, its batch sampler and its sampler, where they have one."""
+    seen: set[int] = set()
+    for obj in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if obj is not None and id(obj) not in seen and callable(getattr(obj, "set_epoch", None)):
+            seen.add(id(obj))
+            obj.set_epoch(epoch)
+
+
+def _unpack(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, Mapping) or not {"x", "y", "weight"} <= batch.keys():
+        raise ValueError("a batch must be a dict with 'x', 'y' and 'weight' tensors")
+    x, y, w = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "weight"))
+    return x.float(), y, w
+
+
+def _model_state_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any] | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def _torch_settings(num_threads: int | None, deterministic: bool) -> Iterator[None]:
+    """Process-wide torch settings for the duration of a fit, restored afterwards."""
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+class Trainer:
+    """Fits a registered torch segmenter with :class:`TrainerConfig`, writing to ``out_dir``.
+
+    ``model`` needs a ``name`` registered in :mod:`s2agri.models.registry`; ``model_kwargs``
+    (JSON-serialisable) rebuild it with ``create_model(name, **model_kwargs)`` and default to the
+    model's ``model_kwargs`` or ``config`` mapping attribute, else ``{}``. ``progress``: tqdm
+    bars (None: only on a TTY). A fresh :meth:`fit` refuses an ``out_dir`` that already holds
+    ``last.pt`` unless ``overwrite=True``: resume it instead.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainerConfig | Mapping[str, Any] | None = None,
+        out_dir: PathLike = ".",
+        *,
+        model_kwargs: Mapping[str, Any] | None = None,
+        progress: bool | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
+        if config is None:
+            config = TrainerConfig()
+        elif not isinstance(config, TrainerConfig):
+            config = TrainerConfig.model_validate(dict(config))
+        name = getattr(model, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                "the model has no 'name' attribute: it is needed to rebuild it from a checkpoint"
+            )
+        get_constructor(name)  # ValueError listing the registered names
+        if model_kwargs is None:
+            for attribute in ("model_kwargs", "config"):  # the GCNN keeps its kwargs in .config
+                candidate = getattr(model, attribute, None)
+                if isinstance(candidate, Mapping):
+                    model_kwargs = candidate
+                    break
+            if model_kwargs is None:
+                LOGGER.warning("no model_kwargs given for %s: checkpoints rebuild it with defaults", name)
+                model_kwargs = {}
+        try:
+            model_kwargs = json.loads(json.dumps(dict(model_kwargs)))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"model_kwargs must be JSON-serialisable: {error}") from None
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r} requested but CUDA is not available")
+        self.config = config
+        self.model_name = name
+        self.model_kwargs: dict[str, Any] = model_kwargs
+        self.model = model.to(self.device)
+        self.out_dir = Path(out_dir)
+        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
+        self.overwrite = overwrite
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.epoch = 0  # completed epochs
+        self.best_val_loss = math.inf
+        self.best_epoch: int | None = None
+        self.epochs_without_improvement = 0
+        self.history: list[dict[str, Any]] = []
+        self._extra: dict[str, Any] = {}
+        self._pending: dict[str, Any] | None = None
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        model_name: str,
+        model_kwargs: Mapping[str, Any] | None = None,
+        config: TrainerConfig | Mapping[str, Any] | None = None,
+        out_dir: PathLike = ".",
+        **kwargs: Any,
+    ) -> Trainer:
+        """A trainer for a new registered model, initialised after ``seed_everything(config.seed)``."""
+        if config is None:
+            config = TrainerConfig()
+        elif not isinstance(config, TrainerConfig):
+            config = TrainerConfig.model_validate(dict(config))
+        model_kwargs = dict(model_kwargs or {})
+        seed_everything(config.seed)
+        model = create_model(model_name, **model_kwargs)
+        return cls(model, config, out_dir, model_kwargs=model_kwargs, **kwargs)
+
+    @classmethod
+    def resume(
+        cls,
+        path: PathLike,
+        out_dir: PathLike | None = None,
+        *,
+        config: TrainerConfig | Mapping[str, Any] | None = None,
+        progress: bool | None = None,
+    ) -> Trainer:
+        """A trainer restored from checkpoint ``path``; :meth:`fit` continues where it stopped.
+
+        ``out_dir`` defaults to the checkpoint's folder; ``config`` (default: the stored one) may
+        e.g. raise ``max_epochs`` or change the device; other changes break exact resumption.
+        """
+        ckpt = load_checkpoint(path)
+        model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
+        if config is None:
+            config = TrainerConfig.model_validate(ckpt["trainer_config"])
+        trainer = cls(
+            model,
+            config,
+            Path(path).parent if out_dir is None else out_dir,
+            model_kwargs=ckpt["model_kwargs"],
+            progress=progress,
+        )
+        trainer._restore(ckpt, str(path))
+        return trainer
+
+    def _restore(self, ckpt: Mapping[str, Any], source: str) -> None:
+        if ckpt["model_name"] != self.model_name:
+            raise ValueError(
+                f"checkpoint {source} is of model {ckpt['model_name']!r}, not {self.model_name!r}"
+            )
+        history = [dict(row) for row in ckpt["history"]]
+        if len(history) != ckpt["epoch"]:
+            raise ValueError(
+                f"checkpoint {source} holds {len(history)} history rows for {ckpt['epoch']} epochs"
+            )
+        self.model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+        self.epoch = int(ckpt["epoch"])
+        self.best_val_loss = float(ckpt["best_val_loss"])
+        self.best_epoch = ckpt["best_epoch"]
+        self.epochs_without_improvement = int(ckpt["epochs_without_improvement"])
+        self.history = history
+        self._extra = {key: ckpt[key] for key in ckpt["extra_keys"]}
+        _set_rng_state(ckpt.get("rng_state"))
+        stored = ckpt["trainer_config"]
+        changed = sorted(k for k, v in self.config.model_dump().items() if stored.get(k) != v)
+        LOGGER.info(
+            "resumed %s from %s after epoch %d (best val loss %.5g)%s",
+            self.model_name,
+            source,
+            self.epoch,
+            self.best_val_loss,
+            f"; config changed: {', '.join(changed)}" if changed else "",
+        )
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / LAST_CHECKPOINT
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / BEST_CHECKPOINT
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / METRICS_CSV
+
+    # -- training ------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any],
+        *,
+        checkpoint_extra: Mapping[str, Any] | None = None,
+        resume_from: PathLike | None = None,
+    ) -> History:
+        """Train until early stopping or ``max_epochs``; returns the whole run's :class:`History`.
+
+        ``checkpoint_extra`` (e.g. ``{"normalisation": ..., "mapping_config": ...}``) is stored at
+        the top level of every checkpoint; on a resume it defaults to the checkpoint's extras.
+        ``resume_from`` restores this trainer from a checkpoint first (see :meth:`resume`).
+        """
+        if resume_from is not None:
+            self._restore(load_checkpoint(resume_from), str(resume_from))
+        if checkpoint_extra is not None:
+            extra = dict(checkpoint_extra)
+            clash = sorted(set(extra) & set(CHECKPOINT_KEYS))
+            if clash:
+                raise ValueError(f"checkpoint_extra uses reserved keys: {', '.join(clash)}")
+            _check_plain(extra, "checkpoint_extra")
+            self._extra = extra
+        resuming = self.epoch > 0
+        if not resuming and self.last_path.exists() and not self.overwrite:
+            raise ValueError(
+                f"{self.out_dir} already holds a run ({LAST_CHECKPOINT}): resume it or pass overwrite=True"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            self.best_path.unlink(missing_ok=True)  # an overwritten run's best.pt is stale
+        # metrics.csv is rewritten from the history (the checkpoint is the source of truth).
+        tmp = self.metrics_path.with_name(f".{METRICS_CSV}.tmp-{os.getpid()}")
+        tmp.write_text(_csv_text(self.history), encoding="utf-8")
+        os.replace(tmp, self.metrics_path)
+
+        cfg = self.config
+        LOGGER.info(
+            "training %s (%d parameters) on %s: epochs %d..%d, lr %g, patience %d",
+            self.model_name,
+            sum(p.numel() for p in self.model.parameters()),
+            self.device,
+            self.epoch + 1,
+            cfg.max_epochs,
+            cfg.lr,
+            cfg.patience,
+        )
+        loader_batch = getattr(train_loader, "batch_size", None)
+        if loader_batch is not None and loader_batch != cfg.batch_size:
+            LOGGER.warning(
+                "the train loader's batch size %d differs from config %d", loader_batch, cfg.batch_size
+            )
+
+        stop_reason = ""
+        with _torch_settings(cfg.num_threads, cfg.deterministic):
+            while True:
+                if self.epochs_without_improvement >= cfg.patience:
+                    stop_reason = "early_stopping"
+                    break
+                if self.epoch >= cfg.max_epochs:
+                    stop_reason = "max_epochs"
+                    break
+                self._run_epoch(train_loader, val_loader)
+        if stop_reason == "early_stopping":
+            LOGGER.info("early stopping after epoch %d: best epoch %s", self.epoch, self.best_epoch)
+        return History(
+            epochs=[dict(row) for row in self.history],
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss,
+            stop_reason=stop_reason,
+        )
+
+    def _run_epoch(self, train_loader: Iterable[Any], val_loader: Iterable[Any]) -> None:
+        cfg = self.config
+        index = self.epoch  # 0-based index of the epoch being run
+        start = time.perf_counter()
+        seed_everything(epoch_seed(cfg.seed, index))
+        _set_loader_epoch(train_loader, index)
+        _set_loader_epoch(val_loader, index)
+
+        self.model.train()
+        loss_sum = 0.0
+        weight_sum = 0.0
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {index + 1}/{cfg.max_epochs}",
+            unit="batch",
+            leave=False,
+            disable=not self.progress,
+        )
+        for batch in bar:
+            x, y, w = _unpack(batch, self.device)
+            logits = self.model(x)
+            batch_loss, batch_weight = masked_bce_with_logits(logits, y, w, weighted=cfg.weighted_loss)
+            if batch_weight.item() <= 0:
+                LOGGER.debug("skipping a batch without weighted pixels")
+                continue
+            loss = batch_loss / batch_weight
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            loss_sum += float(batch_loss.detach().item())
+            weight_sum += float(batch_weight.item())
+            bar.set_postfix(loss=f"{loss_sum / weight_sum:.4f}", refresh=False)
+        bar.close()
+        if weight_sum <= 0:
+            raise ValueError("the train loader yielded no pixel with a weight > 0")
+        train_loss = loss_sum / weight_sum
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"non-finite train loss {train_loss} in epoch {index + 1}")
+
+        val = evaluate(
+            self.model,
+            val_loader,
+            weighted_loss=cfg.weighted_loss,
+            device=self.device,
+            progress=self.progress,
+        )
+        improved = val["loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = val["loss"]
+            self.best_epoch = index + 1
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        self.epoch = index + 1
+        row = {
+            "epoch": index + 1,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_mcc": val["mcc"],
+            "val_f1": val["f1"],
+            "val_acc": val["acc"],
+            "val_weighted_mcc": val["weighted_mcc"],
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "epoch_seconds": time.perf_counter() - start,
+            "improved": bool(improved),
+        }
+        self.history.append(row)
+
+        ckpt = self._checkpoint()
+        _atomic_save(ckpt, self.last_path)
+        if improved:
+            _atomic_save(ckpt, self.best_path)
+        with self.metrics_path.open("a", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerow([_format_csv(row[c]) for c in CSV_COLUMNS])
+            handle.flush()
+        LOGGER.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val MCC %.3f, F1 %.3f, acc %.3f (%.1f s)%s",
+            row["epoch"],
+            cfg.max_epochs,
+            train_loss,
+            val["loss"],
+            val["mcc"],
+            val["f1"],
+            val["acc"],
+            row["epoch_seconds"],
+            " *" if improved else f" ({self.epochs_without_improvement}/{cfg.patience} without improvement)",
+        )
+
+    def _checkpoint(self) -> dict[str, Any]:
+        ckpt: dict[str, Any] = {
+            "checkpoint_version": CHECKPOINT_VERSION,
+            "model_name": self.model_name,
+            "model_kwargs": self.model_kwargs,
+            "model_state": _model_state_cpu(self.model),
+            "optimizer_state": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_val_loss": float(self.best_val_loss),
+            "best_epoch": self.best_epoch,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "trainer_config": self.config.model_dump(),
+            "history": [dict(row) for row in self.history],
+            "rng_state": _rng_state(),
+            "extra_keys": sorted(self._extra),
+        }
+        ckpt.update(self._extra)
+        return ckpt
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    weighted_loss: bool = True,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict[str, float]:
+    """Pooled loss and ``mcc``/``f1``/``acc``/``weighted_mcc`` at 0.5 of ``model`` over ``loader``.
+
+    The model is put in eval mode (and left there). Keys: ``loss``, ``mcc``, ``f1``, ``acc``,
+    ``weighted_mcc``, ``n_pixels`` (pixels with weight > 0).
+    """
+    device = torch.device(device)
+    model.eval()
+    loss_sum = 0.0
+    weight_sum = 0.0
+    # tn, fp, fn, tp: plain counts and weighted sums, float64 (masked sums are deterministic on CUDA)
+    counts = torch.zeros(4, dtype=torch.float64, device=device)
+    weighted = torch.zeros(4, dtype=torch.float64, device=device)
+    for batch in tqdm(loader, desc="validation", unit="batch", leave=False, disable=not progress):
+        x, y, w = _unpack(batch, device)
+        logits = model(x)
+        batch_loss, batch_weight = masked_bce_with_logits(logits, y, w, weighted=weighted_loss)
+        loss_sum += float(batch_loss.item())
+        weight_sum += float(batch_weight.item())
+        keep = w > 0
+        truth = y > 0.5
+        pred = logits >= 0  # sigmoid(logit) >= 0.5
+        w64 = w.to(torch.float64)
+        for i, cell in enumerate((~truth & ~pred, ~truth & pred, truth & ~pred, truth & pred)):
+            cell = cell & keep
+            counts[i] += cell.sum()
+            weighted[i] += (w64 * cell).sum()
+    if weight_sum <= 0:
+        raise ValueError("the validation loader yielded no pixel with a weight > 0")
+    tn, fp, fn, tp = (float(v) for v in counts.cpu())
+    plain = Confusion(tp=tp, fp=fp, fn=fn, tn=tn)
+    wtn, wfp, wfn, wtp = (float(v) for v in weighted.cpu())
+    return {
+        "loss": loss_sum / weight_sum,
+        "mcc": float(mcc(plain)),
+        "f1": float(f1(plain)),
+        "acc": float(accuracy(plain)),
+        "weighted_mcc": float(mcc(Confusion(tp=wtp, fp=wfp, fn=wfn, tn=wtn))),
+        "n_pixels": int(plain.total),
+    }

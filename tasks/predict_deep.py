@@ -1,0 +1,94 @@
+"""2.5 m prediction of a box with a deep segmenter (GCNN, U-Nets), tiled so memory stays bounded.
+
+:class:`DeepModelPredictTask` takes the box's reflectance and validity (``data/REFLECTANCE``,
+``mask/VALID``), keeps the frames the model was trained with (all, or the ``n_frames`` least cloudy
+in time order, padded with empty frames as in training), normalises them with the training
+percentiles, sets invalid observations to 0, and predicts the (4H, 4W) probabilities with
+:func:`s2agri.models.inference.predict_tiled` (tiles with the model's halo, so the result equals
+whole-box inference for models with an exact halo). It writes them with
+:func:`s2agri.tasks.prediction.write_prediction`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from eolearn.core import EOPatch, EOTask, FeatureType
+from eolearn.core.types import Feature
+
+from s2agri.models.inference import predict_tiled
+from s2agri.tasks.masks import REFLECTANCE, VALID
+from s2agri.tasks.prediction import feature_array, write_prediction
+from s2agri.tasks.tensors import PercentileNormaliser, normalised_stack, select_frames
+
+LOGGER = logging.getLogger(__name__)
+
+
+def model_input(
+    reflectance: np.ndarray, valid: np.ndarray, normaliser: PercentileNormaliser, n_frames: int | None
+) -> np.ndarray:
+    """(T, C, H, W) float32 model input of a box: selected frames, normalised, invalid = 0, padded to
+    ``n_frames`` with empty frames when the box has fewer."""
+    valid = valid[..., 0] if valid.ndim == 4 else valid
+    frames = select_frames(valid, n_frames)
+    stack = normalised_stack(reflectance[frames], valid[frames], normaliser)  # (T, H, W, C)
+    if n_frames is not None and stack.shape[0] < n_frames:
+        pad = np.zeros((n_frames - stack.shape[0], *stack.shape[1:]), dtype=np.float32)
+        stack = np.concatenate([stack, pad])
+    return np.ascontiguousarray(stack.transpose(0, 3, 1, 2))
+
+
+class DeepModelPredictTask(EOTask):
+    """Predict PRED_PROBA / PRED_CULTIVATED of a box with a torch segmenter (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        normaliser: PercentileNormaliser,
+        n_frames: int | None = None,
+        threshold: float = 0.5,
+        *,
+        model_name: str | None = None,
+        tile: int = 128,
+        batch_size: int = 1,
+        num_threads: int | None = None,
+        reflectance_feature: Feature = REFLECTANCE,
+        valid_feature: Feature = VALID,
+    ):
+        if not normaliser.fitted:
+            raise ValueError("the normaliser is not fitted: load it from the model's checkpoint")
+        self.model = model
+        self.normaliser = normaliser
+        self.n_frames = n_frames
+        self.threshold = threshold
+        self.model_name = model_name or getattr(model, "name", None) or type(model).__name__
+        self.tile = tile
+        self.batch_size = batch_size
+        self.num_threads = num_threads
+        self.reflectance_feature = self.parse_feature(
+            reflectance_feature, allowed_feature_types=[FeatureType.DATA]
+        )
+        self.valid_feature = self.parse_feature(valid_feature, allowed_feature_types=[FeatureType.MASK])
+
+    def execute(self, eopatch: EOPatch) -> EOPatch:
+        reflectance = feature_array(eopatch, self.reflectance_feature)
+        valid = feature_array(eopatch, self.valid_feature).astype(bool)
+        x = model_input(reflectance, valid, self.normaliser, self.n_frames)
+        threads = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        start = time.perf_counter()
+        try:
+            proba = predict_tiled(self.model, x, tile=self.tile, batch_size=self.batch_size, progress=False)
+        finally:
+            torch.set_num_threads(threads)
+        LOGGER.info(
+            "%s: %dx%d box (T=%d) predicted in %.1f s", self.model_name, *x.shape[2:], x.shape[0],
+            time.perf_counter() - start,
+        )  # fmt: skip
+        return write_prediction(
+            eopatch, proba, self.model_name, self.threshold, reference_feature=self.reflectance_feature
+        )

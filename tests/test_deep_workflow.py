@@ -1,0 +1,119 @@
+"""Deep segmenters in the per-box workflow: train --model gcnn, the prediction task, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from eolearn.core import EOPatch
+
+from s2agri.models.inference import predict_tiled
+from s2agri.models.registry import create_model
+from s2agri.tasks import contract
+from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
+from s2agri.tasks.predict_deep import DeepModelPredictTask, model_input
+from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
+from s2agri.tasks.tensors import PercentileNormaliser
+from s2agri.workflows import cli
+from s2agri.workflows.config import MappingConfig
+from s2agri.workflows.model_store import load_trained
+from s2agri.workflows.simulate import simulate_region
+from s2agri.workflows.train_deep import frames_for, model_kwargs
+
+CONFIG = """
+train: {model: gcnn}
+deep:
+  patch_size: 80
+  trainer: {max_epochs: 2, batch_size: 8, num_threads: 1}
+  tile: 24
+"""
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("deep") / "data"
+    simulate_region(out, boxes=3, size=40, seed=0, frames_min=6, frames_max=8)
+    return out
+
+
+def _normaliser(n_channels: int = 12) -> PercentileNormaliser:
+    return PercentileNormaliser(low=[0.0] * n_channels, high=[0.5] * n_channels)
+
+
+def test_model_input_selects_normalises_masks_and_pads() -> None:
+    rng = np.random.default_rng(0)
+    reflectance = rng.uniform(0, 1, (3, 4, 5, 12)).astype(np.float32)
+    valid = np.ones((3, 4, 5, 1), bool)
+    valid[1] = False  # the cloudiest frame
+    valid[2, 0, 0] = False
+    x = model_input(reflectance, valid, _normaliser(), n_frames=2)  # the 2 least cloudy, time order
+    assert x.shape == (2, 12, 4, 5) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], np.clip(reflectance[0] / 0.5, 0, 1).transpose(2, 0, 1))
+    assert (x[1, :, 0, 0] == 0).all()
+    np.testing.assert_allclose(x[1, :, 1, 1], np.clip(reflectance[2, 1, 1] / 0.5, 0, 1))
+    padded = model_input(reflectance, valid, _normaliser(), n_frames=5)  # all 3 frames, then 2 empty
+    assert padded.shape == (5, 12, 4, 5) and (padded[1] == 0).all() and (padded[3:] == 0).all()
+    assert model_input(reflectance, valid, _normaliser(), None).shape == (3, 12, 4, 5)
+
+
+def test_deep_predict_task_equals_whole_box_inference(region: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("gcnn").eval()
+    patch = EOPatch.load(str(region / "eopatches" / "box-000"))
+    patch = ValidMaskTask().execute(ReflectanceTask().execute(patch))
+    task = DeepModelPredictTask(model, _normaliser(), None, 0.5, tile=16)
+    out = task.execute(patch)
+    x = model_input(
+        patch[(contract.BANDS[0], "REFLECTANCE")], patch[(contract.CLM[0], "VALID")], _normaliser(), None
+    )
+    with torch.no_grad():
+        whole = torch.sigmoid(model(torch.from_numpy(x)[None]))[0, 0].numpy()
+    proba = out[PRED_PROBA][..., 0]
+    assert proba.shape == (160, 160)
+    np.testing.assert_allclose(proba, whole, atol=1e-5)
+    np.testing.assert_array_equal(out[PRED_CULTIVATED][..., 0], proba >= 0.5)
+    assert out.meta_info[PRED_MODEL_KEY] == "gcnn"
+    np.testing.assert_allclose(predict_tiled(model, x, tile=16), whole, atol=1e-5)
+
+
+def test_unet_frame_count_comes_from_the_config() -> None:
+    config = MappingConfig.model_validate({"train": {"model": "unet-b"}})
+    assert frames_for(config) == 20 and model_kwargs(config, 20)["n_frames"] == 20
+    config = MappingConfig.model_validate({"train": {"model": "gcnn"}})
+    assert frames_for(config) is None and "n_frames" not in model_kwargs(config, None)
+
+
+def test_train_and_predict_gcnn_from_the_cli(region: Path, tmp_path: Path, capsys) -> None:
+    config = tmp_path / "gcnn.yaml"
+    config.write_text(CONFIG)
+    model = tmp_path / "gcnn"
+    boxes = [str(region / "eopatches" / name) for name in ("box-000", "box-001")]
+    assert cli.main(["train", *boxes, "--out", str(model), "--config", str(config)]) == 0
+    assert "trained gcnn (7937 parameters)" in capsys.readouterr().out
+    card = json.loads((model / "model_card.json").read_text())
+    assert card["n_parameters"] == 7937 and card["epochs"] == 2 and card["file"] == "model.pt"
+    assert len(card["training_boxes"]) == 1 and len(card["validation_boxes"]) == 1
+    assert 30_000 < card["serialized_bytes"] < 60_000  # the seed reports 33.88 kB
+    rows = (model / "training" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_loss") and len(rows) == 3
+    trained = load_trained(model)
+    assert trained.is_deep and trained.n_frames is None and trained.normaliser.n_channels == 12
+    checkpoint = torch.load(model / "model.pt", weights_only=True)
+    assert checkpoint["mapping_config"]["train"]["model"] == "gcnn"
+
+    run = tmp_path / "run"
+    box = str(region / "eopatches" / "box-002")
+    assert cli.main(["predict", box, "--model", str(model), "--out", str(run), "--config", str(config)]) == 0
+    patch = EOPatch.load(str(run / "eopatches" / "box-002"))
+    assert patch[PRED_PROBA].shape == (160, 160, 1) and patch.meta_info[PRED_MODEL_KEY] == "gcnn"
+
+
+def test_deep_training_needs_two_boxes(region: Path, tmp_path: Path, capsys) -> None:
+    config = tmp_path / "gcnn.yaml"
+    config.write_text(CONFIG)
+    box = str(region / "eopatches" / "box-000")
+    assert cli.main(["train", box, "--out", str(tmp_path / "m"), "--config", str(config)]) == 2
+    assert "needs at least 2 training boxes" in capsys.readouterr().err

@@ -1,0 +1,196 @@
+"""Tiled 2.5 m inference: exact stitching with a large enough halo, broken by a too-small one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812 (torch convention)
+
+from s2agri.models.inference import (
+    BICUBIC_CONTEXT_10M,
+    DEFAULT_HALO_10M,
+    SCALE,
+    axis_tiles,
+    predict_tiled,
+    tile_halo_10m,
+)
+
+H, W = 13, 17  # 10 m box, deliberately not a multiple of the tile sizes
+
+
+def _box3x3(z: torch.Tensor) -> torch.Tensor:
+    channels = z.shape[1]
+    kernel = z.new_ones(channels, 1, 3, 3)
+    return F.conv2d(z, kernel, padding=1, groups=channels)
+
+
+class LocalGraphNet(nn.Module):
+    """Max over time, 1x1 projection, bicubic x4, then ``n_layers`` dense GCN layers at 2.5 m.
+
+    A GCN layer on the 8-connected grid with self loops is ``s * box3x3(s * (H W))`` with
+    ``s = deg**-0.5`` (9 inside, 6 on edges, 4 at corners) and zero padding: the output depends on
+    the inputs within 1 px and on where the box border is. Receptive halo: ``n_layers`` px at 2.5 m.
+    """
+
+    name = "test-local-graph"
+
+    def __init__(self, n_channels: int = 3, hidden: int = 5, n_layers: int = 2) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(n_channels, hidden, 1)
+        self.layers = nn.ModuleList(
+            nn.Conv2d(hidden, 1 if i == n_layers - 1 else hidden, 1, bias=False) for i in range(n_layers)
+        )
+        for layer in self.layers:  # O(1) activations at any depth, so tiling errors show
+            nn.init.normal_(layer.weight, std=0.8)
+        self.receptive_halo_2p5m = n_layers
+        self.max_batch = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.max_batch = max(self.max_batch, x.shape[0])
+        z = self.proj(x.amax(dim=1))
+        z = F.interpolate(z, scale_factor=SCALE, mode="bicubic", align_corners=False)
+        s = _box3x3(z.new_ones(1, 1, *z.shape[-2:])).rsqrt()
+        for i, layer in enumerate(self.layers):
+            z = s * _box3x3(s * layer(z))
+            if i < len(self.layers) - 1:
+                z = torch.relu(z)
+        return z
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: much faster than two busy-waiting ones on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model() -> LocalGraphNet:
+    torch.manual_seed(0)
+    return LocalGraphNet()
+
+
+@pytest.fixture
+def box() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(4, 3, H, W)).astype(np.float32)
+
+
+def _whole(model: nn.Module, box: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.from_numpy(box)[None]))[0, 0].numpy()
+
+
+def test_scale_matches_the_data_contract() -> None:
+    from s2agri.tasks.contract import SCALE as CONTRACT_SCALE
+
+    assert SCALE == CONTRACT_SCALE
+
+
+def test_tile_halo_10m() -> None:
+    assert tile_halo_10m(0) == BICUBIC_CONTEXT_10M == 2
+    assert tile_halo_10m(5) == 4  # GCNN with 5 layers: ceil(5 / 4) + 2
+    assert tile_halo_10m(8, upsample_context=0) == 2
+    with pytest.raises(ValueError, match=">= 0"):
+        tile_halo_10m(-1)
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "halo"), [(13, 4, 2), (17, 5, 3), (7, 10, 2), (13, 1, 0), (20, 6, 20)]
+)
+def test_axis_tiles_partition_and_cover_the_halo(size: int, tile: int, halo: int) -> None:
+    tiles = axis_tiles(size, tile, halo)
+    window = min(tile + 2 * halo, size)
+    assert [t[0] for t in tiles] == list(range(0, size, tile))
+    assert tiles[-1][1] == size
+    for (start, stop, wstart), nxt in zip(tiles, [*tiles[1:], None], strict=True):
+        if nxt is not None:
+            assert nxt[0] == stop
+        assert wstart >= 0 and wstart + window <= size
+        assert wstart <= max(start - halo, 0)
+        assert wstart + window >= min(stop + halo, size)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 4, 5, 7, 16, 64])
+def test_tiled_equals_whole_box(model: LocalGraphNet, box: np.ndarray, tile: int) -> None:
+    expected = _whole(model, box)
+    got = predict_tiled(model, box, tile=tile, batch_size=3)
+    assert got.shape == (SCALE * H, SCALE * W) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("halo", "upsample_context"),
+    [(0, 0), (2, 0), (0, 1)],  # no context at all; the 2.5 m halo only; part of the bicubic context only
+)
+def test_too_small_halo_breaks_equality(
+    model: LocalGraphNet, box: np.ndarray, halo: int, upsample_context: int
+) -> None:
+    expected = _whole(model, box)
+    got = predict_tiled(model, box, tile=4, halo=halo, upsample_context=upsample_context)
+    assert np.abs(got - expected).max() > 1e-4
+
+
+def test_deeper_model_uses_its_receptive_halo(box: np.ndarray) -> None:
+    torch.manual_seed(2)
+    deep = LocalGraphNet(n_layers=6)  # halo 6 px at 2.5 m -> ceil(6 / 4) + 2 = 4 px at 10 m (3 needed)
+    expected = _whole(deep, box)
+    np.testing.assert_allclose(predict_tiled(deep, box, tile=3), expected, atol=1e-5, rtol=0)
+    assert np.abs(predict_tiled(deep, box, tile=3, halo=0) - expected).max() > 1e-4
+
+
+def test_batches_are_bounded_and_batch_size_does_not_matter(model: LocalGraphNet, box: np.ndarray) -> None:
+    one = predict_tiled(model, box, tile=4, batch_size=1)
+    assert model.max_batch == 1
+    many = predict_tiled(model, box, tile=4, batch_size=5)
+    assert model.max_batch == 5
+    np.testing.assert_allclose(one, many, atol=1e-6, rtol=0)
+
+
+def test_tensor_and_read_only_array_inputs(model: LocalGraphNet, box: np.ndarray) -> None:
+    expected = predict_tiled(model, box, tile=5)
+    frozen = box.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(predict_tiled(model, frozen, tile=5), expected)
+    np.testing.assert_allclose(predict_tiled(model, torch.from_numpy(box), tile=5), expected, atol=1e-7)
+    as_float64 = predict_tiled(model, box.astype(np.float64), tile=5)
+    np.testing.assert_allclose(as_float64, expected, atol=1e-7)
+
+
+def test_probabilities_and_mode_restored(model: LocalGraphNet, box: np.ndarray) -> None:
+    model.train()
+    proba = predict_tiled(model, box, tile=6)
+    assert model.training
+    assert np.all((proba >= 0) & (proba <= 1))
+
+
+def test_unknown_halo_warns_and_uses_default(
+    model: LocalGraphNet, box: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    model.receptive_halo_2p5m = None
+    with caplog.at_level(logging.WARNING, logger="s2agri.models.inference"):
+        got = predict_tiled(model, box, tile=4)
+    assert f"{DEFAULT_HALO_10M} px" in caplog.text
+    np.testing.assert_allclose(got, _whole(model, box), atol=1e-5, rtol=0)
+
+
+def test_bad_inputs(model: LocalGraphNet, box: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=r"\(T, C, H, W\)"):
+        predict_tiled(model, box[0])
+    with pytest.raises(ValueError, match="tile and batch_size"):
+        predict_tiled(model, box, tile=0)
+
+    class NotUpsampling(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 0, :1]
+
+    with pytest.raises(ValueError, match="not 4x logits"):
+        predict_tiled(NotUpsampling(), box, halo=0)

@@ -1,0 +1,145 @@
+"""Training of the deep segmenters (``gcnn``, ``unet-b``, ``unet-tc``) on tensor patches of many boxes.
+
+Validation boxes are held out by box (``deep.val_fraction``, at least one); the percentile
+normaliser is fitted on the training boxes only; patches stream from :class:`PatchDataset` (at most
+``deep.cache_boxes`` boxes in memory) in single-box batches; :class:`Trainer` runs Adam with early
+stopping on the validation loss and writes ``training/metrics.csv``, ``last.pt`` and ``best.pt``.
+The best checkpoint becomes the model folder's ``model.pt`` (with the normaliser, the frame count
+and the resolved config), and ``model_card.json`` gets the parameter count, the serialized size of
+the weights, the training time and the validation metrics of the best epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from s2agri.models.datasets import BoxBatchSampler, PatchDataset, box_observations, split_boxes
+from s2agri.models.training import BEST_CHECKPOINT, Trainer
+from s2agri.tasks.masks import ValidMaskTask
+from s2agri.tasks.tensors import PercentileNormaliser
+from s2agri.workflows.config import MappingConfig
+from s2agri.workflows.errors import S2AgriInputError
+from s2agri.workflows.model_store import save_card
+
+LOGGER = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+TRAINING = "training"
+
+
+def frames_for(config: MappingConfig) -> int | None:
+    """Frames per box the model sees: ``deep.n_frames``; U-Nets need a fixed count (``deep.unet_frames``)."""
+    if config.deep.n_frames is not None or config.train.model == "gcnn":
+        return config.deep.n_frames
+    return config.deep.unet_frames
+
+
+def model_kwargs(config: MappingConfig, n_frames: int | None) -> dict[str, Any]:
+    """Constructor arguments: ``train.params``, plus the frame count of the U-Nets."""
+    kwargs: dict[str, Any] = dict(config.train.params)
+    if config.train.model.startswith("unet"):
+        given = kwargs.setdefault("n_frames", n_frames)
+        if given != n_frames:
+            raise S2AgriInputError(
+                f"train.params.n_frames={given} but the stacks have {n_frames} frames: set deep.n_frames instead"
+            )
+    return kwargs
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    """Size of the model's ``state_dict`` saved with ``torch.save`` (the deployable weights)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _loader(dataset: PatchDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    sampler = BoxBatchSampler(dataset, batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+
+
+def train_deep_model(boxes: Sequence[Path], config: MappingConfig, folder: Path) -> dict[str, Any]:
+    """Train ``config.train.model`` on ``boxes`` and write the model folder; returns the model card."""
+    if len(boxes) < 2:
+        raise S2AgriInputError(
+            f"{config.train.model} needs at least 2 training boxes (one is held out for early stopping)"
+        )
+    deep, seed = config.deep, config.train.seed
+    n_frames = frames_for(config)
+    kwargs = model_kwargs(config, n_frames)
+    train, val = split_boxes(list(boxes), deep.val_fraction, seed=seed)
+    valid_task = ValidMaskTask(
+        clp_threshold=config.masks.clp_threshold, scl_invalid_classes=config.masks.scl_invalid_classes
+    )
+    start = time.perf_counter()
+    normaliser = PercentileNormaliser(seed=seed).fit(
+        box_observations(train, n_frames, valid_mask_task=valid_task)
+    )
+    common = {
+        "normaliser": normaliser,
+        "patch_size": deep.patch_size,
+        "n_frames": n_frames,
+        "weights": deep.weights,
+        "seed": seed,
+        "cache_boxes": deep.cache_boxes,
+        "valid_mask_task": valid_task,
+    }
+    train_set = PatchDataset(train, augment=True, **common)
+    val_set = PatchDataset(val, augment=False, **common)
+    batch = deep.trainer.batch_size
+    trainer = Trainer.build(
+        config.train.model, kwargs, deep.trainer.model_copy(update={"seed": seed}), out_dir=folder / TRAINING
+    )
+    history = trainer.fit(
+        _loader(train_set, batch, True, seed),
+        _loader(val_set, batch, False, seed),
+        checkpoint_extra={
+            "normalisation": normaliser.to_dict(),
+            "n_frames": n_frames,
+            "mapping_config": config.model_dump(mode="json"),
+        },
+    )
+    train_seconds = time.perf_counter() - start
+    shutil.copyfile(folder / TRAINING / BEST_CHECKPOINT, folder / MODEL_FILE)
+    best = next(row for row in history.epochs if row["epoch"] == history.best_epoch)
+    model = trainer.model
+    card = save_card(
+        folder,
+        {
+            "model": config.train.model,
+            "file": MODEL_FILE,
+            "name": config.train.model,
+            "n_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "serialized_bytes": weights_bytes(model),
+            "model_kwargs": kwargs,
+            "n_frames": n_frames,
+            "train_seconds": round(train_seconds, 2),
+            "epochs": len(history.epochs),
+            "best_epoch": history.best_epoch,
+            "stop_reason": history.stop_reason,
+            "validation": {k: best[k] for k in best if k.startswith("val_")},
+            "training_boxes": [box.name for box in train],
+            "validation_boxes": [box.name for box in val],
+            "patches": {"train": len(train_set), "validation": len(val_set)},
+            "config": config.model_dump(mode="json"),
+        },
+    )
+    LOGGER.info(
+        "trained %s: %d epochs (%s), best val loss %.4f at epoch %d, %.0f s",
+        config.train.model,
+        len(history.epochs),
+        history.stop_reason,
+        history.best_val_loss,
+        history.best_epoch,
+        train_seconds,
+    )
+    return card
