@@ -97,6 +97,8 @@ def test_train_and_predict_gcnn_from_the_cli(region: Path, tmp_path: Path, capsy
     assert card["n_parameters"] == 7937 and card["epochs"] == 2 and card["file"] == "model.pt"
     assert len(card["training_boxes"]) == 1 and len(card["validation_boxes"]) == 1
     assert 30_000 < card["serialized_bytes"] < 60_000  # the seed reports 33.88 kB
+    assert card["inference_seconds_per_box"] > 0
+    assert set(card["validation_box_scores"]) >= {"weighted_mcc", "mcc_mask", "f1_mask", "acc_full"}
     rows = (model / "training" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss,val_loss") and len(rows) == 3
     trained = load_trained(model)
