@@ -4,7 +4,8 @@ Prediction, one EOWorkflow per box (eo-learn tasks, each usable alone)::
 
     LoadTask -> BoxNameTask -> ReflectanceTask -> ValidMaskTask -> [ValidFrameFilterTask]
       -> NeighbourhoodStatisticsTask -> PixelModelPredictTask | NdviRuleTask -> VectoriseTask
-      -> SelectFeaturesTask -> SaveTask -> SubmissionTiffTask -> ProbabilityCogTask
+      -> SelectFeaturesTask -> SaveTask (to eopatches/.<box>.partial) -> SubmissionTiffTask
+      -> ProbabilityCogTask -> PublishTask (renames the EOPatch to eopatches/<box>)
 
 Training samples, one EOWorkflow per box::
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +100,29 @@ class BoxNameTask(EOTask):
             eopatch.meta_info[INPUT_KEY] = source
         if relative_source is not None:
             eopatch.meta_info[INPUT_RELATIVE_KEY] = relative_source
+        return eopatch
+
+
+def partial_name(box: str) -> str:
+    """Folder name an EOPatch is saved under until the box's workflow has finished."""
+    return f".{box}.partial"
+
+
+class PublishTask(EOTask):
+    """Renames the saved ``<folder>/.<box>.partial`` to ``<folder>/<box>`` as the workflow's last step.
+
+    A box folder therefore exists only when every output of the box was written: a run killed at
+    any moment leaves at most a ``.partial`` folder, which is never taken for a finished box.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.folder = Path(folder)
+
+    def execute(self, eopatch: EOPatch, *, box: str) -> EOPatch:
+        final = self.folder / box
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(self.folder / partial_name(box), final)
         return eopatch
 
 
@@ -234,6 +259,7 @@ class PredictionWorkflow:
         ]
         if config.export.probability_cog:
             tasks.append(ProbabilityCogTask(self.run / PROBA, dtype=config.export.proba_dtype))
+        tasks.append(PublishTask(self.run / "eopatches"))
         self.workflow = EOWorkflow(linearly_connect_tasks(*tasks))
 
     def execution_kwargs(self, folders: Sequence[str], boxes: Sequence[Path]) -> list[dict]:
@@ -251,7 +277,8 @@ class PredictionWorkflow:
                                 "source": str(box.resolve()),
                                 "relative_source": os.path.relpath(box.resolve(), self.run.resolve()),
                             },
-                            SaveTask: {"eopatch_folder": box.name},
+                            SaveTask: {"eopatch_folder": partial_name(box.name)},
+                            PublishTask: {"box": box.name},
                         },
                     ),
                 }
@@ -262,6 +289,7 @@ class PredictionWorkflow:
         """Every path the workflow writes for ``box`` (to remove them when the box failed)."""
         return [
             self.run / "eopatches" / box,
+            self.run / "eopatches" / partial_name(box),
             self.run / SUBMISSION / f"{box}.tif",
             self.run / PROBA / f"{box}_proba.tif",
         ]
