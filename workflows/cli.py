@@ -176,6 +176,72 @@ def _run_demo(args: argparse.Namespace) -> int:
     return demo_command(args)
 
 
+def _add_aoi_arguments(parser: argparse.ArgumentParser) -> None:
+    from s2agri.aoi import DEFAULT_MAX_BOXES, DEFAULT_SIZE_M
+
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    split = actions.add_parser(
+        "split",
+        help="split an AOI into a UTM grid of square boxes",
+        description="split an AOI into a UTM grid of square boxes named <epsg>_<min_x>_<min_y>",
+    )
+    split.add_argument("aoi", metavar="AOI", help="AOI polygons (.gpkg .geojson .shp .fgb .parquet)")
+    split.add_argument(
+        "--out", required=True, metavar="FILE", help="grid file (.gpkg .geojson .fgb .parquet .shp)"
+    )
+    split.add_argument(
+        "--size",
+        type=int,
+        default=DEFAULT_SIZE_M,
+        metavar="M",
+        help=f"box side in metres (default {DEFAULT_SIZE_M})",
+    )
+    split.add_argument(
+        "--buffer", type=int, default=0, metavar="M", help="grow each box by M metres (default 0)"
+    )
+    split.add_argument("--layer", help="layer of a multi-layer AOI file")
+    split.add_argument(
+        "--crs", metavar="auto|EPSG:CODE", help="reproject the AOI to its UTM zone (auto) or to a UTM CRS"
+    )
+    split.add_argument("--repair", action="store_true", help="fix invalid AOI polygons with make_valid")
+    split.add_argument(
+        "--max-boxes",
+        type=int,
+        default=DEFAULT_MAX_BOXES,
+        metavar="N",
+        help=f"refuse more boxes than N without --yes (default {DEFAULT_MAX_BOXES})",
+    )
+    split.add_argument("--yes", action="store_true", help="make more than --max-boxes boxes")
+    split.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+
+
+def _run_aoi(args: argparse.Namespace) -> int:
+    from s2agri.aoi.command import aoi_command
+
+    return aoi_command(args)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config", metavar="CONFIG", help="region config (YAML/JSON): aoi, grid, source, model, ..."
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="region output folder")
+    parser.add_argument("--resume", action="store_true", help="continue a run: skip boxes already done")
+    parser.add_argument("--retry-failed", action="store_true", help="also redo boxes listed in failed.json")
+    parser.add_argument("--engine", choices=("processes", "ray"), help="overrides engine.kind")
+    parser.add_argument(
+        "--ray-address", metavar="ADDR", help="'auto' or 'ray://host:port' (implies --engine ray)"
+    )
+    parser.add_argument("--workers", type=int, metavar="W", help="overrides engine.workers")
+    parser.add_argument("--yes", action="store_true", help="accept a grid above grid.max_boxes")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from s2agri.workflows.region import run_command
+
+    return run_command(args)
+
+
 #: Every subcommand, in the order ``s2agri --help`` lists them.
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -185,7 +251,12 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "validate", "check EOPatch folders against the data contract", _add_validate_arguments, _run_validate
     ),
-    Command("train", "fit a pixel classifier on boxes with a reference", _add_train_arguments, _run_train),
+    Command(
+        "train",
+        "fit a model on boxes with a reference",
+        _add_train_arguments,
+        _run_train,
+    ),
     Command(
         "predict",
         "map cultivated land and parcels of boxes with a model",
@@ -193,9 +264,16 @@ COMMANDS: tuple[Command, ...] = (
         _run_predict,
     ),
     Command(
+        "run",
+        "map a whole region from one config file",
+        _add_run_arguments,
+        _run_run,
+    ),
+    Command(
         "evaluate", "score predicted runs against their reference", _add_evaluate_arguments, _run_evaluate
     ),
     Command("export", "write predicted parcels and rasters to GIS files", _add_export_arguments, _run_export),
+    Command("aoi", "split an area of interest into a UTM grid of boxes", _add_aoi_arguments, _run_aoi),
 )
 
 
