@@ -152,6 +152,25 @@ class ExecutionSummary:
         }
 
 
+def ensure_ray(address: str | None, workers: int) -> None:
+    """Connect to Ray at ``address`` ('auto', 'ray://...'), or start a local one with ``workers`` CPUs."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise S2AgriInputError("the ray engine needs Ray: pip install 's2agri[ray]'") from exc
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise S2AgriInputError(
+                f"cannot connect to Ray at {address} ({exc}): start it or check the address"
+            ) from exc
+
+
 def _reason(exception: BaseException) -> str:
     return " ".join(f"{type(exception).__name__}: {exception}".split())
 
@@ -164,20 +183,28 @@ def execute(
     workers: int = 1,
     *,
     report: bool = True,
+    engine: str = "processes",
+    ray_address: str | None = None,
 ) -> ExecutionSummary:
     """Run ``workflow`` once per box with eo-learn's EOExecutor (progress bar, logs, HTML report).
 
-    A failing box does not stop the others; its reason is in :attr:`ExecutionSummary.failures`.
+    ``engine="ray"`` uses eo-learn's ``RayExecutor`` instead, connecting to ``ray_address`` (or
+    starting a local Ray with ``workers`` CPUs when none is running). A failing box does not stop the
+    others; its reason is in :attr:`ExecutionSummary.failures`.
     """
-    executor = EOExecutor(
-        workflow,
-        list(execution_kwargs),
-        execution_names=list(names),
-        save_logs=True,
-        logs_folder=str(logs_folder),
-    )
+    common = {"execution_names": list(names), "save_logs": True, "logs_folder": str(logs_folder)}
     start = time.perf_counter()
-    results = executor.run(workers=workers, multiprocess=workers > 1, desc="boxes", leave=False)
+    if engine == "ray":
+        from eolearn.core.extra.ray import RayExecutor
+
+        ensure_ray(ray_address, workers)
+        executor: EOExecutor = RayExecutor(workflow, list(execution_kwargs), **common)
+        results = executor.run(desc="boxes", leave=False)
+    elif engine == "processes":
+        executor = EOExecutor(workflow, list(execution_kwargs), **common)
+        results = executor.run(workers=workers, multiprocess=workers > 1, desc="boxes", leave=False)
+    else:
+        raise S2AgriInputError(f"engine {engine!r} is unknown: use 'processes' or 'ray'")
     LOGGER.info("%d boxes in %.1f s with %d worker(s)", len(names), time.perf_counter() - start, workers)
     summary = ExecutionSummary(list(names))
     for name, result in zip(names, results, strict=True):
