@@ -338,7 +338,7 @@ def _parcel_ids(geometries: np.ndarray) -> np.ndarray:
 
 
 def _number(value: float) -> str:
-    return np.format_float_positional(value, trim="-")
+    return np.format_float_positional(value, precision=3, trim="-")  # mm: no float noise
 
 
 def _collect(frames: Sequence[gpd.GeoDataFrame], boxes: np.ndarray, resolution: float) -> _Parts:

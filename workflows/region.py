@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from eolearn.core import EOPatch, EOWorkflow, SaveTask, linearly_connect_tasks
+from eolearn.core import EOPatch, EOWorkflow, FeatureType, SaveTask, linearly_connect_tasks
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s2agri.aoi import demo_aoi_path
 from s2agri.aoi.grid import box_bbox, check_aoi, read_aoi, split_aoi, write_grid
 from s2agri.tasks import contract
 from s2agri.tasks.merge import merge_parcels, trace_eopatch
+from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
 from s2agri.tasks.reference import RasteriseReferenceTask
 from s2agri.tasks.sources.simulator import SimulatorInputTask
 from s2agri.workflows.config import MappingConfig
@@ -246,7 +247,7 @@ def merge_stage(config: RegionConfig, out: Path, names: list[str]) -> int:
     folders = [folder for folder in folders if folder.is_dir()]
     frames, boxes = [], []
     for folder in folders:
-        patch = EOPatch.load(str(folder))
+        patch = EOPatch.load(str(folder), features=[PRED_CULTIVATED, PRED_PROBA, FeatureType.META_INFO])
         parcels, box = trace_eopatch(patch)
         frames.append(parcels)
         boxes.append(box)
@@ -276,7 +277,10 @@ def mosaic_stage(out: Path, names: list[str]) -> list[Path]:
         if not tifs:
             continue
         write_vrt(tifs, folder / f"{kind}.vrt")
-        write_cog_mosaic(tifs, folder / f"{kind}.tif")
+        # overviews of a 0/1 mask by majority, of probabilities by averaging
+        write_cog_mosaic(
+            tifs, folder / f"{kind}.tif", resampling="mode" if kind == "cultivated" else "average"
+        )
         written += [folder / f"{kind}.vrt", folder / f"{kind}.tif"]
     return written
 
