@@ -21,31 +21,25 @@ class shares only (reported per box), before any model was scored. Writes ``resu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import resource
-import shutil
-import time
 from pathlib import Path
 
-from _common import calibration_seconds, ensure_data, git_state, machine_info, quiet_logging
+from _common import (
+    add_box_arguments,
+    predict_and_score,
+    score_entry,
+    split_boxes_from_args,
+    start_run,
+    train_or_reuse,
+    write_results,
+)
 
 LOGGER = logging.getLogger("bench_accuracy")
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.json"
 DEFAULT_DATA = Path("/tmp/s2agri-bench-accuracy")
 MODELS = ("ndvi-rule", "lightgbm", "random-forest")
 TRAINED = ("lightgbm", "random-forest")
-REPORTED = ("weighted_mcc", "mcc_full", "mcc_mask", "f1_full", "f1_mask", "acc_full", "acc_mask")
-
-
-def parse_indices(text: str) -> list[int]:
-    """``"0-5"`` or ``"0,2,4"`` (or a mix) -> sorted box indices."""
-    out: set[int] = set()
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return sorted(out)
 
 
 def box_facts(box: Path) -> dict[str, object]:
@@ -72,73 +66,23 @@ def box_facts(box: Path) -> dict[str, object]:
 def train(name: str, boxes: list[Path], data: Path, reuse: bool) -> dict:
     """Train ``name`` with the default config on ``boxes`` into ``data/models/<name>``; its card."""
     from s2agri.workflows.config import MappingConfig
-    from s2agri.workflows.model_store import MODEL_CARD
     from s2agri.workflows.train import train_model
 
     config = MappingConfig.model_validate({"train": {"model": name}})
-    folder = data / "models" / name
-    card_path = folder / MODEL_CARD
-    if reuse and card_path.is_file():
-        card = json.loads(card_path.read_text())
-        if card.get("training_boxes") == [b.name for b in boxes] and card.get("config") == config.model_dump(
-            mode="json"
-        ):
-            LOGGER.info("reusing %s from %s", name, folder)
-            wall = folder / "bench_wall.json"
-            card.update(json.loads(wall.read_text()) if wall.is_file() else {})
-            card["reused"] = True
-            return card
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    start = time.perf_counter()
-    card = train_model(boxes, config, folder)
-    card["train_wall_seconds"] = round(time.perf_counter() - start, 2)
-    (folder / "bench_wall.json").write_text(json.dumps({"train_wall_seconds": card["train_wall_seconds"]}))
-    LOGGER.info(
-        "%s: trained in %.1f s wall (fit %.1f s)", name, card["train_wall_seconds"], card["train_seconds"]
-    )
-    return card
+    return train_or_reuse(name, boxes, config, data / "models" / name, reuse, train_model)
 
 
-def predict_and_score(name: str, holdout: list[Path], data: Path) -> tuple[dict, list[dict]]:
+def predict_and_score_model(name: str, holdout: list[Path], data: Path) -> tuple[dict, list[dict]]:
     """Predict ``holdout`` with model ``name`` into ``data/runs/<name>``; seconds and score rows."""
     from s2agri.workflows.config import MappingConfig
-    from s2agri.workflows.evaluate import evaluate_boxes
-    from s2agri.workflows.model_store import load_trained
-    from s2agri.workflows.predict import predict_boxes
 
-    trained = load_trained(name if name == "ndvi-rule" else data / "models" / name)
-    config = MappingConfig.model_validate({} if trained.is_rule else {"train": {"model": trained.name}})
-    run = data / "runs" / name
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    start = time.perf_counter()
-    summary = predict_boxes(holdout, trained, config, run)
-    wall = time.perf_counter() - start
-    if summary.failures:
-        raise RuntimeError(f"{name}: {summary.failure_line()}")
-    LOGGER.info("%s: predicted %d boxes in %.1f s", name, len(holdout), wall)
-    rows = evaluate_boxes([run / "eopatches" / box.name for box in holdout], model=name)
-    return {"seconds_per_box": summary.seconds, "predict_boxes_wall_seconds": round(wall, 2)}, rows
+    config = MappingConfig.model_validate({} if name == "ndvi-rule" else {"train": {"model": name}})
+    model = name if name == "ndvi-rule" else data / "models" / name
+    return predict_and_score(name, model, config, holdout, data / "runs" / name)
 
 
 def model_entry(name: str, card: dict | None, timing: dict, rows: list[dict]) -> dict:
-    from s2agri.workflows.evaluate import summary_rows
-
-    stats = summary_rows(rows)[name]
-    seconds = list(timing["seconds_per_box"].values())
-    entry: dict[str, object] = {
-        "model": name,
-        "pooled": {k: next(r[k] for r in rows if r["box"] == "pooled") for k in REPORTED},
-        "mean": {k: stats[k]["mean"] for k in REPORTED},
-        "std": {k: stats[k]["std"] for k in REPORTED},
-        "per_box": [r for r in rows if r["box"] != "pooled"],
-        "n_parameters": 0 if card is None else card["n_parameters"],
-        "serialized_bytes": 0 if card is None else card["serialized_bytes"],
-        "inference_seconds_per_box": timing["seconds_per_box"],
-        "inference_seconds_mean": sum(seconds) / len(seconds),
-        "predict_boxes_wall_seconds": timing["predict_boxes_wall_seconds"],
-    }
+    entry = score_entry(name, card, timing, rows)
     if card is not None:
         entry.update(
             {
@@ -155,40 +99,23 @@ def model_entry(name: str, card: dict | None, timing: dict, rows: list[dict]) ->
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="scratch folder, reused")
-    parser.add_argument("--boxes", type=int, default=10, help="boxes simulated (0..N-1)")
-    parser.add_argument("--size", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", default="0-5", help="training box indices, e.g. 0-5")
-    parser.add_argument("--holdout", default="6-9", help="hold-out box indices, e.g. 6-9")
+    add_box_arguments(parser, DEFAULT_DATA, "training box indices, e.g. 0-5")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--reuse-models", action="store_true", help="keep models trained by an earlier run")
     parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    quiet_logging()
-    machine = machine_info()
-    calibration = calibration_seconds()
-    LOGGER.info("reference workload: %.2f s", calibration)
+    args, machine, calibration = start_run(parser, argv, LOGGER)
 
-    train_idx, holdout_idx = parse_indices(args.train), parse_indices(args.holdout)
-    if set(train_idx) & set(holdout_idx):
-        parser.error(f"--train {args.train} and --holdout {args.holdout} overlap")
-    if max(train_idx + holdout_idx) >= args.boxes:
-        parser.error(f"box indices must be below --boxes {args.boxes}")
-    data = args.data.resolve()
-    boxes, simulate_s = ensure_data(data, args.boxes, args.size, args.seed)
+    data, boxes, simulate_s, train_boxes, holdout = split_boxes_from_args(parser, args)
     facts = {box.name: box_facts(box) for box in boxes}
     for name, fact in facts.items():
         LOGGER.info("%s: %s", name, fact)
-    train_boxes = [boxes[i] for i in train_idx]
-    holdout = [boxes[i] for i in holdout_idx]
 
     cards = {
         name: train(name, train_boxes, data, args.reuse_models) for name in args.models if name in TRAINED
     }
     entries = {}
     for name in args.models:
-        timing, rows = predict_and_score(name, holdout, data)
+        timing, rows = predict_and_score_model(name, holdout, data)
         entries[name] = model_entry(name, cards.get(name), timing, rows)
         LOGGER.info("%s pooled: %s", name, {k: round(v, 3) for k, v in entries[name]["pooled"].items()})
 
@@ -211,9 +138,6 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "calibration_s": calibration,
         "peak_rss_gb_parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-        "machine": machine,
-        "loadavg_1min_after": os.getloadavg()[0],
-        "git": git_state(),
         "note": (
             "Scores are on simulated data (s2agri's simulator), not the challenge boxes. Timings "
             "(fit, sampling, inference) were taken on a shared 2-core machine with other test runs at "
@@ -221,8 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
             "(load, masks, 5x5 statistics, predict, vectorise, save, GeoTIFF, COG)."
         ),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(result, machine, args.output)
 
     header = (
         f"{'model':<15}{'wMCC pooled':>12}{'wMCC mean±std':>17}{'MCC mask':>10}{'F1 mask':>9}{'Acc mask':>9}"

@@ -34,7 +34,14 @@ import sys
 import time
 from pathlib import Path
 
-from _common import calibration_seconds, ensure_data, git_state, machine_info, quiet_logging
+from _common import (
+    calibration_seconds,
+    ensure_data,
+    machine_info,
+    proc_status_gb,
+    quiet_logging,
+    write_results,
+)
 
 LOGGER = logging.getLogger("bench_pipeline")
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
@@ -58,17 +65,6 @@ STAGE_NAMES = {
     "SubmissionTiffTask": "submission_tif",
     "ProbabilityCogTask": "proba_cog",
 }
-
-
-def proc_status_gb() -> dict[str, float]:
-    """Current (VmRSS) and peak (VmHWM) resident memory of this process image, GB (1e9 bytes)."""
-    out = {}
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) * 1024 / 1e9
-    return {"rss_gb": out.get("VmRSS", float("nan")), "peak_rss_gb": out.get("VmHWM", float("nan"))}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,9 +340,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         "simulate_seconds": simulate_s,
         "target": {"seconds": TARGET_SECONDS, "peak_rss_gb": TARGET_PEAK_RSS_GB},
         "meets_target": bool(seconds <= TARGET_SECONDS and peak <= TARGET_PEAK_RSS_GB),
-        "machine": machine,
-        "loadavg_1min_after": os.getloadavg()[0],
-        "git": git_state(),
         "note": (
             "seconds = summary.seconds of predict_boxes (eo-learn EOExecutor, one worker, fresh process: "
             "numba cache load included, model load and imports excluded). peak_rss_gb = the largest VmHWM "
@@ -355,8 +348,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "upper bounds."
         ),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(result, machine, args.output)
 
     print(
         f"{timed.name}: {stages['height']}x{stages['width']} px, T={stages['frames']}, model {card['model']} "

@@ -19,6 +19,7 @@ from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
 from s2agri.tasks.tensors import PercentileNormaliser
 from s2agri.workflows import cli
 from s2agri.workflows.config import MappingConfig
+from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.model_store import load_trained
 from s2agri.workflows.simulate import simulate_region
 from s2agri.workflows.train_deep import frames_for, model_kwargs
@@ -79,11 +80,16 @@ def test_deep_predict_task_equals_whole_box_inference(region: Path) -> None:
     np.testing.assert_allclose(predict_tiled(model, x, tile=16), whole, atol=1e-5)
 
 
-def test_unet_frame_count_comes_from_the_config() -> None:
+def test_frame_count_comes_from_the_config() -> None:
     config = MappingConfig.model_validate({"train": {"model": "unet-b"}})
     assert frames_for(config) == 20 and model_kwargs(config, 20)["n_frames"] == 20
-    config = MappingConfig.model_validate({"train": {"model": "gcnn"}})
-    assert frames_for(config) is None and "n_frames" not in model_kwargs(config, None)
+    config = MappingConfig.model_validate({"train": {"model": "gcnn"}, "deep": {"n_frames": 12}})
+    assert frames_for(config) == 12 and "n_frames" not in model_kwargs(config, 12)
+    config = MappingConfig.model_validate({"train": {"model": "gcnn"}, "deep": {"all_frames": True}})
+    assert frames_for(config) is None
+    config = MappingConfig.model_validate({"train": {"model": "unet-tc"}, "deep": {"all_frames": True}})
+    with pytest.raises(S2AgriInputError, match=r"deep\.all_frames is for the GCNN only"):
+        frames_for(config)
 
 
 def test_train_and_predict_gcnn_from_the_cli(region: Path, tmp_path: Path, capsys) -> None:
@@ -102,7 +108,7 @@ def test_train_and_predict_gcnn_from_the_cli(region: Path, tmp_path: Path, capsy
     rows = (model / "training" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss,val_loss") and len(rows) == 3
     trained = load_trained(model)
-    assert trained.is_deep and trained.n_frames is None and trained.normaliser.n_channels == 12
+    assert trained.is_deep and trained.n_frames == 20 and trained.normaliser.n_channels == 12
     checkpoint = torch.load(model / "model.pt", weights_only=True)
     assert checkpoint["mapping_config"]["train"]["model"] == "gcnn"
 

@@ -60,10 +60,14 @@ class TrainConfig(_Strict):
 class DeepConfig(_Strict):
     """Tensor stacks, patches and the training loop of the deep segmenters (``gcnn``, ``unet-*``)."""
 
-    n_frames: int | None = Field(
-        None, ge=1, description="frames per box: None = all (GCNN); the N least cloudy in time order"
+    n_frames: int = Field(
+        20, ge=1, description="frames per box: the N least cloudy in time order (padded when fewer)"
     )
-    unet_frames: int = Field(20, ge=1, description="frames of the U-Nets when n_frames is None (fixed input)")
+    all_frames: bool = Field(
+        False,
+        description="GCNN only: every frame, the variable-length stack of seed 000 (trains worse here: "
+        "the pooled features then mix different frames and bands from box to box)",
+    )
     patch_size: int = Field(100, ge=8, description="training patch side at 2.5 m (a multiple of 4)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="training boxes held out for validation")
     weights: Literal["challenge", "none"] = "challenge"

@@ -43,10 +43,15 @@ TRAINING = "training"
 
 
 def frames_for(config: MappingConfig) -> int | None:
-    """Frames per box the model sees: ``deep.n_frames``; U-Nets need a fixed count (``deep.unet_frames``)."""
-    if config.deep.n_frames is not None or config.train.model == "gcnn":
-        return config.deep.n_frames
-    return config.deep.unet_frames
+    """Frames per box the model sees: ``deep.n_frames`` (fixed, the least cloudy in time order), or
+    every frame (None) with ``deep.all_frames``, which only the GCNN accepts."""
+    if config.deep.all_frames:
+        if config.train.model != "gcnn":
+            raise S2AgriInputError(
+                f"deep.all_frames is for the GCNN only: {config.train.model} needs a fixed deep.n_frames"
+            )
+        return None
+    return config.deep.n_frames
 
 
 def model_kwargs(config: MappingConfig, n_frames: int | None) -> dict[str, Any]:
