@@ -183,3 +183,11 @@ def test_ray_engine_gives_the_same_outputs(region: Path, tmp_path: Path) -> None
         ray.shutdown()
     assert json.loads((out / "summary.json").read_text())["engine"]["kind"] == "ray"
     _assert_same(_outputs(region), _outputs(out))
+
+
+def test_region_config_rejects_unknown_keys(tmp_path: Path, capsys) -> None:
+    config = _config(tmp_path, extra="engine: {kind: processes, wrokers: 2}\n")
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "engine.wrokers: Extra inputs are not permitted" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
