@@ -51,7 +51,7 @@ setup(
         "setuptools",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.4", "torch-geometric>=2.4"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.4", "torch-geometric>=2.4", "ray>=2.9"],
         "graph": ["torch-geometric>=2.4"],
         "ray": ["ray[default]>=2.9"],
     },
