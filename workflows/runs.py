@@ -1,7 +1,7 @@
 """Run folders: box discovery, preflight checks, atomic publication and EOExecutor runs.
 
 Every command that writes a folder (``simulate``, ``train``, ``predict``, ``demo``) builds it in a
-hidden sibling (``.<name>.tmp-XXXX``) and renames it into place at the end, so a reader never sees
+hidden sibling (``.<name>.tmp-<random>``) and renames it into place at the end, so a reader never sees
 a half-written run. Boxes are checked before any work starts (:func:`preflight`), so a missing
 feature is one clear error, not a failure deep inside a worker.
 """
