@@ -277,7 +277,8 @@ class LightGBMPixelClassifier(PixelClassifier):
         if not Path(path).is_file():
             raise ValueError(f"no LightGBM model file at {path}")
         booster = lgb.Booster(model_file=str(path))
-        model = cls(n_estimators=max(1, booster.num_trees()))
+        threads = int((booster.params or {}).get("num_threads", 2) or 2)  # the n_jobs it was trained with
+        model = cls(n_estimators=max(1, booster.num_trees()), n_jobs=threads)
         model.booster = booster
         return model
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -152,6 +153,26 @@ class ExecutionSummary:
         }
 
 
+#: Thread-pool variables set for worker processes (unless the user set them).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def use_clean_workers(workers: int) -> None:
+    """Start worker processes with ``forkserver`` and ``cores // workers`` threads each.
+
+    eo-learn's EOExecutor forks its workers by default; once the main process has started OpenMP
+    threads (loading a LightGBM model, numba, torch), a forked worker's own OpenMP region can wait
+    forever for pool threads that do not exist in the child (a deadlock seen with 2 workers). Clean
+    ``forkserver`` workers import s2agri themselves; the thread variables keep 2 workers from
+    oversubscribing the cores.
+    """
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for variable in THREAD_VARIABLES:
+        os.environ.setdefault(variable, threads)
+    if multiprocessing.get_start_method(allow_none=True) != "forkserver":
+        multiprocessing.set_start_method("forkserver", force=True)
+
+
 def ensure_ray(address: str | None, workers: int) -> None:
     """Connect to Ray at ``address`` ('auto', 'ray://...'), or start a local one with ``workers`` CPUs."""
     try:
@@ -202,6 +223,8 @@ def execute(
         results = executor.run(desc="boxes", leave=False)
     elif engine == "processes":
         executor = EOExecutor(workflow, list(execution_kwargs), **common)
+        if workers > 1:
+            use_clean_workers(workers)
         results = executor.run(workers=workers, multiprocess=workers > 1, desc="boxes", leave=False)
     else:
         raise S2AgriInputError(f"engine {engine!r} is unknown: use 'processes' or 'ray'")
