@@ -23,6 +23,12 @@ Frames: ``n_frames=None`` keeps every frame, so T varies per box: batch with
 order; a box with fewer than N frames is **padded with all-zero frames at the end** (zero = no valid
 observation), so T = N everywhere and any batching collates.
 
+Monthly medians: ``months=(3, ..., 8)`` (the input of ``convlstm`` / ``convstar``) replaces the
+frames by the per-pixel medians of the valid observations of each calendar month
+(:func:`s2agri.tasks.monthly.monthly_inputs` on the reflectance, months without an observation
+filled from the neighbouring months), so T = the number of months; a pixel without any valid
+observation is 0 in every month. ``n_frames`` is then ignored.
+
 Augmentation (``augment=True``): one of the 8 flips/90° rotations per item, the same on x (10 m) and
 y/weight (2.5 m), drawn from ``(seed, epoch, index)``: reproducible, and different every epoch once
 :meth:`PatchDataset.set_epoch` is called (:meth:`BoxBatchSampler.set_epoch` calls it). Turn it off for
@@ -64,6 +70,7 @@ from torch.utils.data import Dataset, Sampler
 
 from s2agri.tasks import contract
 from s2agri.tasks.masks import ValidMaskTask
+from s2agri.tasks.monthly import monthly_inputs
 from s2agri.tasks.tensors import (
     WEIGHTS_KINDS,
     FrameSelectionTask,
@@ -219,8 +226,10 @@ def box_observations(
 class PreparedBox:
     """One box ready for cropping: selected frames' DNs and validity at 10 m, targets at 2.5 m."""
 
-    bands: np.ndarray  #: (T, H, W, C) uint16 digital numbers of the selected frames
-    factors: np.ndarray  #: (T,) float32 NORM_FACTORS
+    bands: (
+        np.ndarray
+    )  #: (T, H, W, C) uint16 digital numbers of the selected frames (float32 reflectance of monthly medians)
+    factors: np.ndarray  #: (T,) float32 NORM_FACTORS (ones for monthly medians)
     valid: np.ndarray  #: (T, H, W) bool
     y: np.ndarray  #: (4H, 4W) bool, CULTIVATED
     weight: np.ndarray  #: (4H, 4W) float32 loss weight
@@ -244,15 +253,22 @@ def load_box(
     weights: WeightsKind = "challenge",
     *,
     valid_mask_task: ValidMaskTask | None = None,
+    months: Sequence[int] | None = None,
 ) -> PreparedBox:
-    """Loads and prepares one training box (BANDS, NORM_FACTORS, validity inputs, reference masks)."""
+    """Loads and prepares one training box (BANDS, NORM_FACTORS, validity inputs, reference masks);
+    with ``months``, the monthly medians instead of the frames (module docstring)."""
     path = _check_box(box)
     eopatch, bands, factors, valid = _load_inputs(
         path,
-        FrameSelectionTask(n_frames),
+        FrameSelectionTask(None if months else n_frames),
         valid_mask_task or ValidMaskTask(),
         extra=(contract.CULTIVATED, contract.NOT_DECLARED),
     )
+    if months:
+        bands, valid = monthly_inputs(
+            _dn_to_reflectance(bands, factors), valid, eopatch.get_timestamps(), months
+        )
+        factors = np.ones(len(months), np.float32)
     y, weight = targets(eopatch, weights)
     expected = (SCALE * bands.shape[1], SCALE * bands.shape[2])
     if y.shape != expected:
@@ -281,6 +297,7 @@ class PatchDataset(Dataset):
     :param augment: random flips/90° rotations, seeded by ``(seed, epoch, index)``.
     :param cache_boxes: prepared boxes kept in memory (LRU), about 270 MB each for 500 x 500 px, T = 40.
     :param valid_mask_task: the cloud masking (default ``ValidMaskTask()``: IS_DATA and not CLM).
+    :param months: calendar months: monthly medians instead of frames (``convlstm``, ``convstar``).
     """
 
     def __init__(
@@ -295,6 +312,7 @@ class PatchDataset(Dataset):
         cache_boxes: int = 2,
         *,
         valid_mask_task: ValidMaskTask | None = None,
+        months: Sequence[int] | None = None,
     ) -> None:
         if not isinstance(normaliser, PercentileNormaliser) or not normaliser.fitted:
             raise ValueError(
@@ -321,8 +339,9 @@ class PatchDataset(Dataset):
         self.normaliser = normaliser
         self.patch_size = int(patch_size)
         self.input_size = self.patch_size // SCALE
-        self.frame_selection = FrameSelectionTask(n_frames)
-        self.n_frames = self.frame_selection.n_frames
+        self.months = tuple(months) if months else None
+        self.frame_selection = FrameSelectionTask(None if self.months else n_frames)
+        self.n_frames = len(self.months) if self.months else self.frame_selection.n_frames
         self.weights = weights
         self.augment = bool(augment)
         self.seed = int(seed)
@@ -403,7 +422,11 @@ class PatchDataset(Dataset):
         while len(self._cache) >= self.cache_boxes:
             self._cache.popitem(last=False)
         prepared = load_box(
-            self.boxes[box], self.n_frames, self.weights, valid_mask_task=self.valid_mask_task
+            self.boxes[box],
+            self.n_frames,
+            self.weights,
+            valid_mask_task=self.valid_mask_task,
+            months=self.months,
         )
         self.n_loads += 1
         LOGGER.debug("loaded %s (%.1f MB)", self.boxes[box], prepared.nbytes / 1e6)

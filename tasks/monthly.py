@@ -187,6 +187,22 @@ def monthly_medians(
     return medians, counts
 
 
+def monthly_inputs(
+    reflectance: np.ndarray, valid: np.ndarray, timestamps: Sequence[Any], months: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(medians (M, H, W, C) float32, valid (M, H, W) bool)``: monthly medians of the valid
+    reflectance (missing months filled from their neighbours), valid where the pixel has any valid
+    observation in ``months``."""
+    valid = valid[..., 0] if valid.ndim == 4 else valid
+    if len(timestamps) != reflectance.shape[0]:
+        raise ValueError(
+            f"{len(timestamps)} timestamps for {reflectance.shape[0]} frames: monthly medians need the dates"
+        )
+    medians, counts = monthly_medians(reflectance, valid, timestamps, months)
+    observed = counts.sum(axis=0) > 0
+    return medians, np.broadcast_to(observed, counts.shape).copy()
+
+
 def pack_monthly(medians: np.ndarray) -> np.ndarray:
     """(M, H, W, C) -> (H, W, M * C), month-major: channel ``m * C + c``."""
     M, H, W, C = medians.shape

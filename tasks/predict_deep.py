@@ -5,7 +5,9 @@
 in time order, padded with empty frames as in training), normalises them with the training
 percentiles, sets invalid observations to 0, and predicts the (4H, 4W) probabilities with
 :func:`s2agri.models.inference.predict_tiled` (tiles with the model's halo, so the result equals
-whole-box inference for models with an exact halo). It writes them with
+whole-box inference for models with an exact halo). With ``months`` (``convlstm``, ``convstar``)
+the model input is the per-pixel monthly medians of those calendar months instead of the frames
+(:func:`s2agri.tasks.monthly.monthly_inputs`, as in training). It writes the probabilities with
 :func:`s2agri.tasks.prediction.write_prediction`.
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +25,7 @@ from eolearn.core.types import Feature
 
 from s2agri.models.inference import predict_tiled
 from s2agri.tasks.masks import REFLECTANCE, VALID
+from s2agri.tasks.monthly import monthly_inputs
 from s2agri.tasks.prediction import feature_array, write_prediction
 from s2agri.tasks.tensors import PercentileNormaliser, normalised_stack, select_frames
 
@@ -28,11 +33,24 @@ LOGGER = logging.getLogger(__name__)
 
 
 def model_input(
-    reflectance: np.ndarray, valid: np.ndarray, normaliser: PercentileNormaliser, n_frames: int | None
+    reflectance: np.ndarray,
+    valid: np.ndarray,
+    normaliser: PercentileNormaliser,
+    n_frames: int | None,
+    *,
+    months: Sequence[int] | None = None,
+    timestamps: Sequence[Any] | None = None,
 ) -> np.ndarray:
     """(T, C, H, W) float32 model input of a box: selected frames, normalised, invalid = 0, padded to
-    ``n_frames`` with empty frames when the box has fewer."""
+    ``n_frames`` with empty frames when the box has fewer; with ``months``, the M monthly medians
+    (``timestamps`` needed) instead of the frames."""
     valid = valid[..., 0] if valid.ndim == 4 else valid
+    if months:
+        if timestamps is None:
+            raise ValueError("monthly medians need the timestamps of the frames")
+        medians, observed = monthly_inputs(reflectance, valid, timestamps, months)
+        stack = normalised_stack(medians, observed, normaliser)
+        return np.ascontiguousarray(stack.transpose(0, 3, 1, 2))
     frames = select_frames(valid, n_frames)
     stack = normalised_stack(reflectance[frames], valid[frames], normaliser)  # (T, H, W, C)
     if n_frames is not None and stack.shape[0] < n_frames:
@@ -57,6 +75,7 @@ class DeepModelPredictTask(EOTask):
         num_threads: int | None = None,
         reflectance_feature: Feature = REFLECTANCE,
         valid_feature: Feature = VALID,
+        months: Sequence[int] | None = None,
     ):
         if not normaliser.fitted:
             raise ValueError("the normaliser is not fitted: load it from the model's checkpoint")
@@ -68,6 +87,7 @@ class DeepModelPredictTask(EOTask):
         self.tile = tile
         self.batch_size = batch_size
         self.num_threads = num_threads
+        self.months = tuple(months) if months else None
         self.reflectance_feature = self.parse_feature(
             reflectance_feature, allowed_feature_types=[FeatureType.DATA]
         )
@@ -76,7 +96,14 @@ class DeepModelPredictTask(EOTask):
     def execute(self, eopatch: EOPatch) -> EOPatch:
         reflectance = feature_array(eopatch, self.reflectance_feature)
         valid = feature_array(eopatch, self.valid_feature).astype(bool)
-        x = model_input(reflectance, valid, self.normaliser, self.n_frames)
+        x = model_input(
+            reflectance,
+            valid,
+            self.normaliser,
+            self.n_frames,
+            months=self.months,
+            timestamps=eopatch.timestamps if self.months else None,
+        )
         threads = torch.get_num_threads()
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)

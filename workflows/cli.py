@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
+from s2agri.models.names import TRAINABLE_MODELS
 from s2agri.workflows.errors import S2AgriInputError
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,14 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
     parser.add_argument(
         "--model",
-        choices=("lightgbm", "random-forest", "gcnn", "unet-b", "unet-tc"),
-        help="model to fit (overrides train.model)",
+        choices=TRAINABLE_MODELS,
+        metavar="NAME",
+        help=f"model to fit (overrides train.model): {', '.join(TRAINABLE_MODELS)}",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("cpu", "paper"),
+        help="model size of the torch models (overrides train.preset): cpu defaults or the seed's paper size",
     )
     _add_run_options(parser)
 

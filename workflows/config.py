@@ -13,6 +13,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from s2agri.models.names import (  # noqa: F401 (re-exported)
+    DEEP_MODELS,
+    MONTHLY_MODELS,
+    PARCEL_MODELS,
+    PIXEL_MODELS,
+    TRAINABLE_MODELS,
+)
 from s2agri.models.training import TrainerConfig
 from s2agri.workflows.errors import S2AgriInputError
 
@@ -43,10 +50,18 @@ class FeatureConfig(_Strict):
         return value
 
 
+ModelName = Literal[TRAINABLE_MODELS]  # type: ignore[valid-type]
+
+
 class TrainConfig(_Strict):
     """Pixel sampling and fitting."""
 
-    model: Literal["lightgbm", "random-forest", "gcnn", "unet-b", "unet-tc"] = "lightgbm"
+    model: ModelName = "lightgbm"
+    preset: Literal["cpu", "paper"] = Field(
+        "cpu",
+        description="model size: 'cpu' (the registry defaults, CPU-feasible) or 'paper' (the seed's "
+        "configuration, s2agri.models.presets); train.params override either",
+    )
     params: dict[str, float | int | str | bool] = Field(
         default_factory=dict, description="model keyword arguments (constructor of the registry model)"
     )
@@ -74,6 +89,10 @@ class DeepConfig(_Strict):
     cache_boxes: int = Field(2, ge=1, description="prepared boxes kept in memory while training")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tile: int = Field(128, ge=16, description="inference tile side at 10 m")
+    months: tuple[int, ...] = Field(
+        (3, 4, 5, 6, 7, 8),
+        description="calendar months of the monthly medians fed to convlstm / convstar (the challenge season)",
+    )
 
     @field_validator("patch_size")
     @classmethod
@@ -81,6 +100,30 @@ class DeepConfig(_Strict):
         if value % 4:
             raise ValueError("patch_size must be a multiple of 4 (whole 10 m pixels)")
         return value
+
+    @field_validator("months")
+    @classmethod
+    def _calendar_months(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(not 1 <= m <= 12 for m in value) or list(value) != sorted(set(value)):
+            raise ValueError("months must be increasing calendar months 1..12, e.g. [3, 4, 5, 6, 7, 8]")
+        return value
+
+
+class ParcelConfig(_Strict):
+    """Parcel-level models (``tempcnn``, ``transformer``, ``lstm-parcel``): zonal statistics of known
+    parcels (the box's ``vector_timeless/REFERENCE``) -> one label per parcel -> painted at 2.5 m."""
+
+    steps: Literal["monthly", "frames"] = Field(
+        "monthly",
+        description="time steps: monthly medians of deep.months (fixed length, needed by tempcnn) or "
+        "every frame (transformer, lstm-parcel; padded per batch)",
+    )
+    buffer_m: float = Field(0.0, le=0.0, description="parcel buffer (m) before taking its 10 m pixels")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="training boxes held out for validation")
+    batch_size: int = Field(128, ge=1, description="parcels per batch")
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate")
+    max_epochs: int = Field(80, ge=1)
+    patience: int = Field(10, ge=1, description="stop after this many epochs without a better val loss")
 
 
 class PredictConfig(_Strict):
@@ -104,11 +147,6 @@ class ExportConfig(_Strict):
     proba_dtype: Literal["uint8", "float32"] = "uint8"
 
 
-#: Models trained by :mod:`s2agri.workflows.train` on sampled pixels / on tensor patches.
-PIXEL_MODELS: tuple[str, ...] = ("lightgbm", "random-forest")
-DEEP_MODELS: tuple[str, ...] = ("gcnn", "unet-b", "unet-tc")
-
-
 class MappingConfig(_Strict):
     """Everything the per-box cultivated-land workflow needs."""
 
@@ -116,6 +154,7 @@ class MappingConfig(_Strict):
     features: FeatureConfig = FeatureConfig()
     train: TrainConfig = TrainConfig()
     deep: DeepConfig = DeepConfig()
+    parcel: ParcelConfig = ParcelConfig()
     predict: PredictConfig = PredictConfig()
     vectorise: VectoriseConfig = VectoriseConfig()
     export: ExportConfig = ExportConfig()

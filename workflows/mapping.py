@@ -7,6 +7,10 @@ Prediction, one EOWorkflow per box (eo-learn tasks, each usable alone)::
       -> SelectFeaturesTask -> SaveTask (to eopatches/.<box>.partial) -> SubmissionTiffTask
       -> ProbabilityCogTask -> PublishTask (renames the EOPatch to eopatches/<box>)
 
+A parcel classifier (``tempcnn``, ``transformer``, ``lstm-parcel``) replaces the 5x5 statistics and the
+model task with ZonalStatisticsTask (the box's REFERENCE parcels) -> ParcelClassifierTask ->
+PaintParcelPredictionsTask, and its saved EOPatches also keep PARCEL_STATS (with ``proba``).
+
 Training samples, one EOWorkflow per box::
 
     LoadTask -> ReflectanceTask -> ValidMaskTask -> [ValidFrameFilterTask]
@@ -43,6 +47,7 @@ from s2agri.tasks import contract
 from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask, valid_frame_filter
 from s2agri.tasks.predict_deep import DeepModelPredictTask
+from s2agri.tasks.predict_parcel import ParcelClassifierTask
 from s2agri.tasks.predict_pixel import PixelModelPredictTask
 from s2agri.tasks.prediction import (
     BOX_ID_KEY,
@@ -54,7 +59,8 @@ from s2agri.tasks.prediction import (
 )
 from s2agri.tasks.stats5x5 import NeighbourhoodStatisticsTask
 from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
-from s2agri.workflows.config import MappingConfig
+from s2agri.tasks.zonal import PARCEL_STATS, PaintParcelPredictionsTask, ZonalStatisticsTask
+from s2agri.workflows.config import PARCEL_MODELS, MappingConfig
 from s2agri.workflows.model_store import TrainedModel
 
 LOGGER = logging.getLogger(__name__)
@@ -71,8 +77,11 @@ SAVED_FEATURES: tuple[Feature, ...] = (
 )
 
 
-def required_inputs(config: MappingConfig, *, reference: bool = False) -> list[Feature]:
-    """Features every input box must have for the workflows of ``config``."""
+def required_inputs(
+    config: MappingConfig, *, reference: bool = False, parcels: bool = False
+) -> list[Feature]:
+    """Features every input box must have for the workflows of ``config``: ``reference`` for training
+    (plus the REFERENCE parcels for a parcel model), ``parcels`` (REFERENCE) to predict with a parcel model."""
     features = [contract.BANDS, contract.NORM_FACTORS, contract.IS_DATA, contract.CLM]
     if config.masks.clp_threshold is not None:
         features.append(contract.CLP)
@@ -80,6 +89,8 @@ def required_inputs(config: MappingConfig, *, reference: bool = False) -> list[F
         features.append(contract.SCL)
     if reference:
         features.append(contract.CULTIVATED)
+    if parcels or (reference and config.train.model in PARCEL_MODELS):
+        features.append(contract.REFERENCE)
     return features
 
 
@@ -207,8 +218,46 @@ def feature_tasks(config: MappingConfig, *, statistics: bool = True) -> list[EOT
     return tasks
 
 
+def parcel_tasks(
+    model: Any,
+    scaler: Any,
+    *,
+    model_name: str,
+    steps: str,
+    months: Sequence[int],
+    buffer_m: float,
+    threshold: float,
+    num_threads: int | None = None,
+) -> list[EOTask]:
+    """Zonal statistics of the box's REFERENCE parcels -> parcel classifier -> painting at 2.5 m."""
+    return [
+        ZonalStatisticsTask(parcels=contract.REFERENCE, buffer=buffer_m),
+        ParcelClassifierTask(model, scaler, steps, months, model_name=model_name, num_threads=num_threads),
+        PaintParcelPredictionsTask(threshold=threshold, model_name=model_name),
+    ]
+
+
+def prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[EOTask]:
+    """The tasks writing PRED_PROBA / PRED_CULTIVATED with ``trained`` (after :func:`feature_tasks`)."""
+    if trained.is_parcel:
+        info = trained.parcel or {}
+        return parcel_tasks(
+            trained.model,
+            info["scaler"],
+            model_name=trained.name,
+            steps=info["steps"],
+            months=info["months"],
+            buffer_m=info["buffer_m"],
+            threshold=config.predict.threshold,
+            num_threads=config.deep.trainer.num_threads,
+        )
+    return [prediction_task(trained, config)]
+
+
 def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
-    """The task writing PRED_PROBA / PRED_CULTIVATED with ``trained``."""
+    """The task writing PRED_PROBA / PRED_CULTIVATED with a pixel, deep or rule model ``trained``."""
+    if trained.is_parcel:
+        raise ValueError(f"{trained.name} is a parcel model: use prediction_tasks (zonal statistics first)")
     if trained.is_rule:
         return NdviRuleTask()
     if trained.is_deep:
@@ -220,6 +269,7 @@ def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
             model_name=trained.name,
             tile=config.deep.tile,
             num_threads=config.deep.trainer.num_threads,
+            months=trained.months,
         )
     return PixelModelPredictTask(
         trained.model,
@@ -244,16 +294,18 @@ class PredictionWorkflow:
 
     def __init__(self, trained: TrainedModel, config: MappingConfig, input_root: Path, run: Path):
         self.run = Path(run)
+        statistics = not (trained.is_rule or trained.is_deep or trained.is_parcel)
+        saved = (*SAVED_FEATURES, PARCEL_STATS) if trained.is_parcel else SAVED_FEATURES
         tasks = [
             LoadTask(str(input_root)),
             BoxNameTask(),
-            *feature_tasks(config, statistics=not (trained.is_rule or trained.is_deep)),
-            prediction_task(trained, config),
+            *feature_tasks(config, statistics=statistics),
+            *prediction_tasks(trained, config),
             VectoriseTask(
                 min_area_m2=config.vectorise.min_area_m2,
                 simplify_tolerance_m=config.vectorise.simplify_tolerance_m,
             ),
-            SelectFeaturesTask(SAVED_FEATURES),
+            SelectFeaturesTask(saved),
             SaveTask(str(self.run / "eopatches")),
             SubmissionTiffTask(self.run / SUBMISSION),
         ]

@@ -39,6 +39,10 @@ class TrainedModel:
     #: deep models only: the training percentiles and the frames per box
     normaliser: Any | None = None
     n_frames: int | None = None
+    #: monthly models only: the calendar months of their monthly-median input
+    months: tuple[int, ...] | None = None
+    #: parcel classifiers only: ``scaler`` (ParcelFeatureScaler), ``steps``, ``months``, ``buffer_m``
+    parcel: dict[str, Any] | None = None
 
     @property
     def is_rule(self) -> bool:
@@ -47,6 +51,10 @@ class TrainedModel:
     @property
     def is_deep(self) -> bool:
         return self.normaliser is not None
+
+    @property
+    def is_parcel(self) -> bool:
+        return self.parcel is not None
 
 
 def model_filename(name: str) -> str:
@@ -105,7 +113,9 @@ def load_trained(spec: str | os.PathLike[str]) -> TrainedModel:
     if not path.is_file():
         raise S2AgriInputError(f"{card_path} names {filename}, which is missing: train the model again")
     if path.suffix == ".pt":
-        return _load_deep(name, path, card)
+        from s2agri.workflows.config import PARCEL_MODELS
+
+        return _load_parcel(name, path, card) if name in PARCEL_MODELS else _load_deep(name, path, card)
     try:
         model = load_model(name, path)
     except (OSError, ValueError) as exc:
@@ -130,4 +140,30 @@ def _load_deep(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
             f"{path} cannot be read as a {name} checkpoint ({exc}): train the model again"
         ) from exc
     LOGGER.info("loaded %s from %s (epoch %s)", name, path, checkpoint.get("best_epoch"))
-    return TrainedModel(name, model, card, normaliser, checkpoint.get("n_frames"))
+    months = checkpoint.get("months")
+    return TrainedModel(
+        name, model, card, normaliser, checkpoint.get("n_frames"), None if months is None else tuple(months)
+    )
+
+
+def _load_parcel(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
+    """A parcel classifier from its checkpoint with its feature scaler, steps, months and buffer."""
+    from s2agri.models.parcel_training import ParcelFeatureScaler
+    from s2agri.workflows.train_parcel import load_parcel_checkpoint
+
+    try:
+        model, checkpoint = load_parcel_checkpoint(path)
+        parcel = {
+            "scaler": ParcelFeatureScaler.from_dict(checkpoint["parcel_scaler"]),
+            "steps": str(checkpoint["steps"]),
+            "months": tuple(int(m) for m in checkpoint["months"]),
+            "buffer_m": float(checkpoint["buffer_m"]),
+        }
+    except Exception as exc:  # pickle and state-dict errors come in many types
+        raise S2AgriInputError(
+            f"{path} cannot be read as a {name} checkpoint ({' '.join(str(exc).split())}): train the model again"
+        ) from exc
+    LOGGER.info(
+        "loaded %s from %s (epoch %s, %s steps)", name, path, checkpoint["best_epoch"], parcel["steps"]
+    )
+    return TrainedModel(name, model, card, parcel=parcel)

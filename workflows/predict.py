@@ -6,6 +6,9 @@ A run folder holds::
     submission/<box>.tif   challenge submission, uint8 0/1 at 2.5 m
     proba/<box>_proba.tif  probability Cloud-Optimised GeoTIFF
     parcels.gpkg           the parcels of every box (layer ``parcels``)
+    parcel_stats.gpkg      parcel models only: per known parcel its monthly band statistics
+                           (:func:`s2agri.tasks.zonal.zonal_attributes`), ``proba`` and ``pred``
+                           (layer ``parcel_stats``)
     config.json            the resolved config; model_card.json the model's card
     run.json               boxes, seconds per box, failures, model; failed.json when a box failed
     report/                eo-learn's execution logs and HTML report
@@ -25,9 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
-from eolearn.core import EOPatch
+import numpy as np
+from eolearn.core import EOPatch, FeatureType
 
+from s2agri.tasks import contract
 from s2agri.tasks.vectorise import PARCELS_PRED, empty_parcels, export_parcels
+from s2agri.tasks.zonal import PARCEL_STATS, parcel_dates, zonal_attributes
 from s2agri.workflows.config import MappingConfig, dump_config, load_config
 from s2agri.workflows.mapping import PredictionWorkflow, required_inputs
 from s2agri.workflows.model_store import TrainedModel, load_trained
@@ -47,6 +53,7 @@ from s2agri.workflows.runs import (
 LOGGER = logging.getLogger(__name__)
 
 PARCELS_FILE, PARCELS_LAYER = "parcels.gpkg", "parcels"
+PARCEL_STATS_FILE, PARCEL_STATS_LAYER = "parcel_stats.gpkg", "parcel_stats"
 EXIT_SOME_FAILED = 1
 
 
@@ -61,6 +68,37 @@ def collect_parcels(eopatch_folders: Sequence[Path], crs: str = "EPSG:32633") ->
         LOGGER.warning("boxes are in several CRSs: parcels reprojected to %s", crs)
         frames = [frame.to_crs(crs) for frame in frames]
     return frames
+
+
+def collect_parcel_stats(
+    eopatch_folders: Sequence[Path], months: Sequence[int], threshold: float
+) -> list[gpd.GeoDataFrame]:
+    """Per box the :func:`zonal_attributes` of its saved PARCEL_STATS plus ``box``, ``proba`` and
+    ``pred`` (``proba >= threshold``; 0 where a parcel got no prediction), in the first box's CRS."""
+    frames = []
+    for folder in eopatch_folders:
+        patch = EOPatch.load(str(folder), features=[PARCEL_STATS, FeatureType.META_INFO])
+        table = patch[PARCEL_STATS]
+        attributes = zonal_attributes(table, parcel_dates(patch), months)
+        proba = table["proba"].to_numpy(dtype=np.float64)
+        attributes.insert(0, "box", folder.name)
+        attributes["proba"] = proba
+        attributes["pred"] = (np.nan_to_num(proba, nan=0.0) >= threshold).astype(np.int64)
+        frames.append(attributes)
+    if frames and any(not frame.crs.equals(frames[0].crs) for frame in frames):
+        LOGGER.warning("boxes are in several CRSs: parcel statistics reprojected to %s", frames[0].crs)
+        frames = [frame.to_crs(frames[0].crs) for frame in frames]
+    return frames
+
+
+def check_parcel_boxes(boxes: Sequence[Path], model: str) -> None:
+    """One-line input error naming the boxes without REFERENCE parcels (a parcel model classifies them)."""
+    preflight(
+        boxes,
+        [contract.REFERENCE],
+        f"{model} classifies known parcels, so every box needs its parcel polygons "
+        "(add them, or predict with a pixel or deep model)",
+    )
 
 
 def predict_boxes(
@@ -89,6 +127,13 @@ def predict_boxes(
                 path.unlink(missing_ok=True)
     parcels = collect_parcels([run / EOPATCHES / name for name in summary.succeeded])
     export_parcels(parcels, run / PARCELS_FILE, layer=PARCELS_LAYER)
+    if trained.is_parcel and summary.succeeded:
+        stats = collect_parcel_stats(
+            [run / EOPATCHES / name for name in summary.succeeded],
+            (trained.parcel or {})["months"],
+            config.predict.threshold,
+        )
+        export_parcels(stats, run / PARCEL_STATS_FILE, layer=PARCEL_STATS_LAYER)
     dump_config(config, run / "config.json")
     write_json(run / "model_card.json", trained.card)
     write_json(
@@ -120,12 +165,16 @@ def predict_command(args: argparse.Namespace) -> int:
     out = check_out(args.out, args.overwrite)
     trained = load_trained(args.model)
     boxes = find_boxes(args.boxes)
-    preflight(boxes, required_inputs(config))
+    if trained.is_parcel:
+        check_parcel_boxes(boxes, trained.name)
+    preflight(boxes, required_inputs(config, parcels=trained.is_parcel))
     with staged_folder(out) as staging:
         summary = predict_boxes(boxes, trained, config, staging, config.workers)
     done = len(summary.succeeded)
     print(f"predicted {done} of {len(boxes)} boxes with {trained.name} into {out}")
     print(f"  parcels:     {out / PARCELS_FILE} (layer '{PARCELS_LAYER}')")
+    if trained.is_parcel and done:
+        print(f"  statistics:  {out / PARCEL_STATS_FILE} (layer '{PARCEL_STATS_LAYER}')")
     print(f"  submission:  {out / 'submission'}")
     if summary.report is not None:
         print(f"  report:      {out / summary.report}")

@@ -104,8 +104,12 @@ def find_boxes(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return resolved
 
 
-def preflight(boxes: Sequence[Path], required: Sequence[Feature]) -> None:
-    """Raise one :class:`S2AgriInputError` listing boxes that lack a ``required`` feature."""
+#: What :func:`preflight` tells the user to do by default.
+LAYOUT_FIX = "give boxes in the challenge layout ('s2agri validate' lists every problem)"
+
+
+def preflight(boxes: Sequence[Path], required: Sequence[Feature], fix: str = LAYOUT_FIX) -> None:
+    """Raise one :class:`S2AgriInputError` listing boxes that lack a ``required`` feature, then ``fix``."""
     problems = []
     for box in boxes:
         present = scan_eopatch(box).features
@@ -114,10 +118,7 @@ def preflight(boxes: Sequence[Path], required: Sequence[Feature]) -> None:
             problems.append(f"{box.name} lacks {', '.join(missing)}")
     if problems:
         more = f" (and {len(problems) - _LISTED} more boxes)" if len(problems) > _LISTED else ""
-        raise S2AgriInputError(
-            f"{'; '.join(problems[:_LISTED])}{more}: give boxes in the challenge layout "
-            "('s2agri validate' lists every problem)"
-        )
+        raise S2AgriInputError(f"{'; '.join(problems[:_LISTED])}{more}: {fix}")
 
 
 def relative_folders(boxes: Sequence[Path]) -> tuple[Path, list[str]]:

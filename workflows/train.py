@@ -1,4 +1,8 @@
-"""``s2agri train``: sample training pixels from many boxes and fit a pixel classifier.
+"""``s2agri train``: fit a model on many boxes.
+
+Pixel classifiers (LightGBM, RandomForest) are fitted here on sampled pixels; deep segmenters go to
+:mod:`s2agri.workflows.train_deep` (tensor patches), parcel classifiers to
+:mod:`s2agri.workflows.train_parcel` (zonal statistics of known parcels).
 
 Each box runs the sampling EOWorkflow of :mod:`s2agri.workflows.mapping` under eo-learn's
 EOExecutor and writes its samples to a ``.npz`` file; the files are then streamed into a
@@ -21,7 +25,7 @@ import numpy as np
 
 from s2agri.models.sampling import SampleAccumulator, SampleSet
 from s2agri.tasks.predict_pixel import train_pixel_model
-from s2agri.workflows.config import DEEP_MODELS, MappingConfig, dump_config, load_config
+from s2agri.workflows.config import DEEP_MODELS, PARCEL_MODELS, MappingConfig, dump_config, load_config
 from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.mapping import SAMPLES, SamplingWorkflow, required_inputs
 from s2agri.workflows.model_store import save_trained
@@ -120,6 +124,9 @@ def train_command(args: argparse.Namespace) -> int:
     updates: dict[str, Any] = {}
     if args.model is not None:
         updates["train"] = config.train.model_copy(update={"model": args.model})
+    if getattr(args, "preset", None) is not None:
+        train = updates.get("train", config.train)
+        updates["train"] = train.model_copy(update={"preset": args.preset})
     if args.workers is not None:
         updates["workers"] = args.workers
     config = MappingConfig.model_validate({**config.model_dump(), **updates})
@@ -132,9 +139,22 @@ def train_command(args: argparse.Namespace) -> int:
 
             card = train_deep_model(boxes, config, staging)
             dump_config(config, staging / "config.json")
+        elif config.train.model in PARCEL_MODELS:
+            from s2agri.workflows.train_parcel import train_parcel_model
+
+            card = train_parcel_model(boxes, config, staging)
+            dump_config(config, staging / "config.json")
         else:
             card = train_model(boxes, config, staging, config.workers)
-    if config.train.model in DEEP_MODELS:
+    if config.train.model in PARCEL_MODELS:
+        validation = card["validation"]
+        print(
+            f"trained {card['model']} ({card['n_parameters']} parameters) on {card['parcels']['train']} parcels of "
+            f"{len(card['training_boxes'])} boxes in {card['train_seconds']:.1f} s: {card['epochs']} epochs "
+            f"({card['stop_reason']}), best epoch {card['best_epoch']}: val loss {validation['val_loss']:.4f}, "
+            f"val MCC {validation['val_mcc']:.3f}"
+        )
+    elif config.train.model in DEEP_MODELS:
         validation = card["validation"]
         print(
             f"trained {card['model']} ({card['n_parameters']} parameters) on {card['patches']['train']} patches of "

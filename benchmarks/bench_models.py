@@ -1,0 +1,351 @@
+"""Benchmark: every model of the seeds on the same simulated training and hold-out boxes.
+
+All models (the ndvi rule, LightGBM, RandomForest, the 11 deep segmenters and the 3 parcel
+classifiers) are trained by the functions behind ``s2agri train`` on the same training boxes
+(``--train``, default box-000..005 of simulator seed 0, ``--size`` 200 px at 10 m), with fixed
+seeds, predicted on the same hold-out boxes (``--holdout``, default box-006..009) by
+:func:`s2agri.workflows.predict.predict_boxes` (the ``s2agri predict`` workflow) and scored at
+2.5 m by :func:`s2agri.workflows.evaluate.evaluate_boxes`. Per model:
+
+* weighted MCC, MCC / F1 / accuracy Full and Mask: pooled over the hold-out boxes and mean / std
+  over boxes; parameters, serialized size, training seconds, epochs, inference seconds per box;
+* scores on the pixels of small reference parcels (< 400 px at 2.5 m) and of the larger ones
+  (:mod:`s2agri.tasks.resolution`);
+* the model's own 10 m map (its 2.5 m probabilities averaged per 10 m pixel, nearest-upsampled):
+  pooled scores and the gain of the 2.5 m map over it.
+
+CPU budget (2 cores): the deep models use their ``cpu`` presets (``s2agri.models.presets``) and an
+epoch cap per model (:data:`EPOCHS`, chosen from one timed training step per model, see
+``cap.why`` in the JSON), far below the seeds' recipes: they are not converged and their scores
+are lower bounds. Parcel models see the reference parcel polygons of every box (seed 004's
+object-based setting): their maps take the parcel outlines from the reference, which no other
+model gets.
+
+    python benchmarks/bench_models.py [--models spinet mlp ...] [--reuse-models] [--epochs spinet=2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+from pathlib import Path
+
+import numpy as np
+from _common import (
+    REPORTED,
+    add_box_arguments,
+    predict_and_score,
+    score_entry,
+    split_boxes_from_args,
+    start_run,
+    train_or_reuse,
+    write_results,
+)
+
+from s2agri.models.names import DEEP_MODELS, PARCEL_MODELS, PIXEL_MODELS
+
+LOGGER = logging.getLogger("bench_models")
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "models.json"
+TABLE = HERE / "results" / "models.md"
+DEFAULT_DATA = Path("/tmp/s2agri-bench-models")
+
+MODELS = ("ndvi-rule", *PIXEL_MODELS, *DEEP_MODELS, *PARCEL_MODELS)
+#: Epoch caps of the deep models (patience 3 may stop them earlier).
+EPOCHS = {
+    "unet-tc": 10,
+    "unet-b": 6,
+    "gcnn": 6,
+    "spinet": 3,
+    "spinet-nomrf": 3,
+    "fg-unet": 10,
+    "deeplab": 10,
+    "mlp": 10,
+    "lstm": 6,
+    "convlstm": 10,
+    "convstar": 10,
+}
+#: Seconds of one training step (batch of 16 patches of 25 x 25 px at 10 m, T = 20, 2 threads,
+#: forward + backward + Adam; median of 3) measured before choosing :data:`EPOCHS`.
+STEP_PROBE_SECONDS = {
+    "gcnn": 1.35,
+    "unet-b": 1.8,
+    "unet-tc": 0.12,
+    "spinet": 5.47,
+    "spinet-nomrf": 4.87,
+    "fg-unet": 0.31,
+    "deeplab": 0.24,
+    "mlp": 0.04,
+    "lstm": 1.19,
+    "convlstm": 0.45,
+    "convstar": 0.2,
+}
+PARCEL_EPOCHS = 60
+BATCH = 16
+
+
+def model_config(name: str, epochs: dict[str, int], threads: int):  # type: ignore[no-untyped-def]
+    """The MappingConfig of ``name``: defaults plus the benchmark's caps and thread counts."""
+    from s2agri.workflows.config import MappingConfig
+
+    if name == "ndvi-rule":
+        return MappingConfig()
+    data: dict = {"train": {"model": name}}
+    if name in DEEP_MODELS:
+        data["deep"] = {
+            "cache_boxes": 6,
+            "trainer": {
+                "max_epochs": epochs[name],
+                "patience": 3,
+                "batch_size": BATCH,
+                "num_threads": threads,
+            },
+        }
+    if name in PARCEL_MODELS:
+        # one torch thread: the parcel models' small ops are much slower with two on this machine
+        data["deep"] = {"trainer": {"num_threads": 1}}
+        data["parcel"] = {"max_epochs": PARCEL_EPOCHS, "patience": 10, "steps": "monthly"}
+    return MappingConfig.model_validate(data)
+
+
+def train(name: str, boxes: list[Path], config, data: Path, reuse: bool) -> dict:  # type: ignore[no-untyped-def]
+    if name in PIXEL_MODELS:
+        from s2agri.workflows.train import train_model as train_fn
+    elif name in DEEP_MODELS:
+        from s2agri.workflows.train_deep import train_deep_model as train_fn
+    else:
+        from s2agri.workflows.train_parcel import train_parcel_model as train_fn
+    return train_or_reuse(name, boxes, config, data / "models" / name, reuse, train_fn)
+
+
+def holdout_references(holdout: list[Path]) -> dict[str, np.ndarray]:
+    """Per hold-out box, the size (2.5 m pixels) of the reference parcel under each 2.5 m pixel."""
+    from eolearn.core import EOPatch
+
+    from s2agri.tasks import contract
+    from s2agri.tasks.resolution import parcel_sizes
+    from s2agri.tasks.zonal import parcel_index_map
+
+    sizes = {}
+    for box in holdout:
+        patch = EOPatch.load(str(box), features=[contract.REFERENCE, contract.CULTIVATED])
+        shape = patch[contract.CULTIVATED].shape[:2]
+        index = parcel_index_map(
+            patch[contract.REFERENCE], patch.bbox, shape, buffer=contract.REFERENCE_BUFFER_M
+        )
+        sizes[box.name] = parcel_sizes(index)
+    return sizes
+
+
+def diagnostics(run: Path, sizes: dict[str, np.ndarray], threshold: float) -> dict:
+    """Scores by parcel size and of the 10 m version of the map, pooled over the hold-out boxes."""
+    from eolearn.core import EOPatch
+
+    from s2agri.tasks import contract
+    from s2agri.tasks.metrics import Confusion, box_confusions, f1, mcc, pool_confusions, scores
+    from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
+    from s2agri.tasks.resolution import GROUPS, coarse_prediction, size_group_confusions
+
+    groups: dict[str, list[Confusion]] = {g: [] for g in GROUPS}
+    fine, coarse, per_box = [], [], []
+    for name, size in sizes.items():
+        features = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_PROBA, PRED_CULTIVATED]
+        patch = EOPatch.load(str(run / "eopatches" / name), features=features)
+        truth = patch[contract.CULTIVATED][..., 0]
+        not_declared = patch[contract.NOT_DECLARED][..., 0]
+        pred = patch[PRED_CULTIVATED][..., 0]
+        for group, value in size_group_confusions(truth, pred, size, not_declared).items():
+            groups[group].append(value)
+        pred_10m = coarse_prediction(patch[PRED_PROBA][..., 0], threshold)
+        fine.append(box_confusions(truth, pred, not_declared))
+        coarse.append(box_confusions(truth, pred_10m, not_declared))
+        per_box.append(
+            {
+                "box": name,
+                "weighted_mcc_2p5m": scores(fine[-1])["weighted_mcc"],
+                "weighted_mcc_10m": scores(coarse[-1])["weighted_mcc"],
+            }
+        )
+
+    def group_scores(c: Confusion) -> dict:
+        recall = c.tp / (c.tp + c.fn) if c.tp + c.fn else float("nan")
+        return {
+            "mcc": mcc(c),
+            "f1": f1(c),
+            "acc": (c.tp + c.tn) / c.total,
+            "recall": recall,
+            "pixels": c.total,
+        }
+
+    at_2p5, at_10 = scores(pool_confusions(fine)), scores(pool_confusions(coarse))
+    return {
+        "parcel_size": {g: group_scores(Confusion.sum(groups[g])) for g in GROUPS},
+        "map_10m": at_10,
+        "gain_2p5m_over_10m": {k: at_2p5[k] - at_10[k] for k in REPORTED},
+        "per_box_10m": per_box,
+    }
+
+
+def entry_of(name: str, card: dict | None, timing: dict, rows: list[dict], extra: dict) -> dict:
+    entry = score_entry(name, card, timing, rows)
+    entry.update(extra)
+    if card is None:
+        return entry
+    entry.update(
+        {
+            "fit_seconds": card["train_seconds"],
+            "train_wall_seconds": card.get("train_wall_seconds"),
+            "model_reused_from_earlier_run": bool(card.get("reused", False)),
+        }
+    )
+    for key in ("epochs", "best_epoch", "stop_reason", "model_kwargs", "preset", "n_frames", "months"):
+        if key in card:
+            entry[key] = card[key]
+    if "sampling_seconds" in card:
+        entry["sampling_seconds"] = card["sampling_seconds"]
+    if "patches" in card:
+        entry["patches"] = card["patches"]
+    if "parcels" in card:
+        entry["parcels"] = card["parcels"]
+    return entry
+
+
+def markdown_table(entries: dict[str, dict], ranking: list[str]) -> str:
+    """The comparison as a markdown table (pooled scores unless marked mean ± std)."""
+    head = (
+        "| model | wMCC | wMCC mean ± std | MCC Full / Mask | F1 Full / Mask | Acc Full / Mask "
+        "| small parcels MCC / recall | large parcels MCC / recall | 10 m map wMCC | 2.5 m gain "
+        "| params | size MB | train s (epochs) | s/box |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for name in ranking:
+        e = entries[name]
+        p, m, s = e["pooled"], e["mean"], e["std"]
+        small, large = e["parcel_size"]["small"], e["parcel_size"]["large"]
+        train_s = e.get("train_wall_seconds") or e.get("fit_seconds")
+        epochs = f" ({e['epochs']})" if "epochs" in e else ""
+        train_text = "-" if train_s is None else f"{train_s:.0f}{epochs}"
+        lines.append(
+            f"| {name} | **{p['weighted_mcc']:.3f}** | {m['weighted_mcc']:.3f} ± {s['weighted_mcc']:.3f} "
+            f"| {p['mcc_full']:.3f} / {p['mcc_mask']:.3f} | {p['f1_full']:.3f} / {p['f1_mask']:.3f} "
+            f"| {p['acc_full']:.3f} / {p['acc_mask']:.3f} | {small['mcc']:.3f} / {small['recall']:.3f} "
+            f"| {large['mcc']:.3f} / {large['recall']:.3f} | {e['map_10m']['weighted_mcc']:.3f} "
+            f"| {e['gain_2p5m_over_10m']['weighted_mcc']:+.3f} | {e['n_parameters']:,} "
+            f"| {e['serialized_bytes'] / 1e6:.2f} | {train_text} | {e['inference_seconds_mean']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_epochs(text: str | None) -> dict[str, int]:
+    caps = dict(EPOCHS)
+    for part in (text or "").split(","):
+        if part.strip():
+            name, _, value = part.partition("=")
+            if name.strip() not in caps:
+                raise ValueError(f"--epochs names {name.strip()!r}, not a deep model")
+            caps[name.strip()] = int(value)
+    return caps
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_box_arguments(parser, DEFAULT_DATA, "training box indices (deep / parcel models hold one out)")
+    parser.set_defaults(size=200)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--epochs", help="override caps, e.g. 'spinet=2,lstm=4'")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the deep models")
+    parser.add_argument("--reuse-models", action="store_true", help="keep models trained by an earlier run")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--table", type=Path, default=TABLE)
+    args, machine, calibration = start_run(parser, argv, LOGGER)
+    try:
+        epochs = parse_epochs(args.epochs)
+    except ValueError as error:
+        parser.error(str(error))
+    data, _, simulate_s, train_boxes, holdout = split_boxes_from_args(parser, args)
+    sizes = holdout_references(holdout)
+
+    entries: dict[str, dict] = {}
+    for name in args.models:
+        config = model_config(name, epochs, args.threads)
+        card = None if name == "ndvi-rule" else train(name, train_boxes, config, data, args.reuse_models)
+        model = name if card is None else data / "models" / name
+        run = data / "runs" / name
+        timing, rows = predict_and_score(name, model, config, holdout, run)
+        extra = diagnostics(run, sizes, config.predict.threshold)
+        entries[name] = entry_of(name, card, timing, rows, extra)
+        LOGGER.info(
+            "%s: pooled wMCC %.3f (10 m map %.3f), small / large parcels MCC %.3f / %.3f",
+            name,
+            entries[name]["pooled"]["weighted_mcc"],
+            extra["map_10m"]["weighted_mcc"],
+            extra["parcel_size"]["small"]["mcc"],
+            extra["parcel_size"]["large"]["mcc"],
+        )
+
+    ranking = sorted(entries, key=lambda n: entries[n]["pooled"]["weighted_mcc"], reverse=True)
+    small_total = sum(int(((s > 0) & (s < 400)).sum()) for s in sizes.values())
+    large_total = sum(int((s >= 400).sum()) for s in sizes.values())
+    result: dict[str, object] = {
+        "benchmark": "every model of the seeds on the same simulated training and hold-out boxes",
+        "data": {
+            "simulator_seed": args.seed,
+            "size_px": args.size,
+            "train_boxes": [b.name for b in train_boxes],
+            "holdout_boxes": [b.name for b in holdout],
+            "simulate_seconds": simulate_s,
+            "parcel_pixels_2p5m": {"small_lt_400": small_total, "large": large_total},
+        },
+        "cap": {
+            "deep_max_epochs": {name: epochs[name] for name in DEEP_MODELS},
+            "deep_patience": 3,
+            "deep_batch_size": BATCH,
+            "parcel_max_epochs": PARCEL_EPOCHS,
+            "parcel_patience": 10,
+            "step_probe_seconds": STEP_PROBE_SECONDS,
+            "why": (
+                "CPU budget of the whole script (~45 min on 2 shared cores): caps from one timed step per "
+                "model at 20 batches per epoch (5 training boxes of 64 patches); slow models (SPInet, "
+                "U-Net-B, GCNN, pixel LSTM) get fewer epochs. Seeds: 100+ epochs on GPUs."
+            ),
+        },
+        "config": (
+            "MappingConfig defaults except train.model; deep: cpu presets, deep.n_frames 20, patch 100, "
+            f"batch {BATCH}, trainer caps above, {args.threads} threads, cache_boxes 6, val_fraction 0.1 "
+            "(1 of 6 training boxes); parcel: monthly steps (March-August), val_fraction 0.2, 1 thread; "
+            "pixel models: 20,000 balanced samples per box; predict threshold 0.5, 1 worker"
+        ),
+        "definitions": {
+            "parcel_size": (
+                "pixels of reference parcels (challenge rasterisation, -2.5 m buffer) with fewer than 400 "
+                "(small) or at least 400 (large) 2.5 m pixels; background and NOT_DECLARED pixels excluded; "
+                "pooled over the hold-out boxes"
+            ),
+            "map_10m": (
+                "the model's 2.5 m probabilities averaged over each 10 m pixel, nearest-upsampled to 2.5 m, "
+                "thresholded at 0.5, scored like the 2.5 m map (pooled)"
+            ),
+        },
+        "reported": list(REPORTED),
+        "models": entries,
+        "ranking_by_pooled_weighted_mcc": ranking,
+        "calibration_s": calibration,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "peak_rss_gb_parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "note": (
+            "Simulated data, not the challenge boxes. Deep models are far from converged under the CPU "
+            "epoch caps: lower bounds of their recipes. Parcel models use the reference parcel outlines. "
+            "Timings on a shared 2-core machine: upper bounds."
+        ),
+    }
+    write_results(result, machine, args.output)
+    args.table.write_text(markdown_table(entries, ranking), encoding="utf-8")
+    print(markdown_table(entries, ranking))
+    print(f"results in {args.output} and {args.table}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

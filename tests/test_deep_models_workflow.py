@@ -1,0 +1,234 @@
+"""Every deep segmenter through ``s2agri train`` / ``s2agri predict``: presets, frames, monthly input."""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from eolearn.core import EOPatch
+
+from s2agri.models.presets import paper_configs, preset_kwargs
+from s2agri.models.registry import create_model
+from s2agri.tasks import contract
+from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
+from s2agri.tasks.monthly import monthly_inputs
+from s2agri.tasks.predict_deep import model_input
+from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
+from s2agri.tasks.tensors import PercentileNormaliser
+from s2agri.workflows import cli
+from s2agri.workflows.config import DEEP_MODELS, PARCEL_MODELS, PIXEL_MODELS, MappingConfig, ModelName
+from s2agri.workflows.errors import S2AgriInputError
+from s2agri.workflows.model_store import load_trained
+from s2agri.workflows.simulate import simulate_region
+from s2agri.workflows.train_deep import frames_for, model_kwargs, months_for
+
+#: Small widths so that one epoch on three 40 px boxes takes seconds.
+TINY: dict[str, dict] = {
+    "spinet": {"channels": 8, "n_blocks": 1},
+    "spinet-nomrf": {"channels": 8, "n_blocks": 1},
+    "fg-unet": {"base_width": 8, "hidden": "16,8"},
+    "deeplab": {"base_width": 8, "blocks": "1,1,1,1", "aspp_width": 16, "low_level_width": 8},
+    "mlp": {"hidden": "16,8"},
+    "lstm": {"hidden_size": 8, "num_layers": 1},
+    "convlstm": {"hidden": 8, "n_layers": 1},
+    "convstar": {"hidden": 8, "n_layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("deep-models") / "data"
+    simulate_region(out, boxes=3, size=40, seed=1, frames_min=8, frames_max=12)
+    return out
+
+
+def test_cli_choices_are_the_config_models() -> None:
+    assert cli.TRAINABLE_MODELS == PIXEL_MODELS + DEEP_MODELS + PARCEL_MODELS
+    assert set(typing.get_args(ModelName)) == set(cli.TRAINABLE_MODELS)
+
+
+def test_presets_give_the_seed_sizes() -> None:
+    assert preset_kwargs("spinet", "cpu") == {}
+    counts = {
+        name: sum(p.numel() for p in create_model(name, **preset_kwargs(name, "paper")).parameters())
+        for name in ("spinet", "fg-unet", "lstm", "convstar", "tempcnn")
+    }
+    assert counts == {
+        "spinet": 1_929_674,
+        "fg-unet": 543_943,
+        "lstm": 331_393,
+        "convstar": 346_705,
+        "tempcnn": 647_297,
+    }
+    assert set(paper_configs()) == set(DEEP_MODELS) | set(PARCEL_MODELS)
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset_kwargs("spinet", "huge")
+
+
+def test_model_kwargs_merge_preset_params_and_steps() -> None:
+    config = MappingConfig.model_validate(
+        {"train": {"model": "fg-unet", "preset": "paper", "params": {"groups": 4}}}
+    )
+    assert model_kwargs(config, 20) == {"base_width": 32, "hidden": "200,100,50", "groups": 4, "n_frames": 20}
+    config = MappingConfig.model_validate({"train": {"model": "convstar"}, "deep": {"months": [4, 5, 6]}})
+    assert months_for(config) == (4, 5, 6) and frames_for(config) == 3
+    assert model_kwargs(config, 3) == {"n_months": 3}
+    config = MappingConfig.model_validate({"train": {"model": "spinet"}, "deep": {"all_frames": True}})
+    assert frames_for(config) is None and model_kwargs(config, None) == {}
+    config = MappingConfig.model_validate({"train": {"model": "mlp"}, "deep": {"all_frames": True}})
+    with pytest.raises(S2AgriInputError, match=r"needs a fixed deep\.n_frames"):
+        frames_for(config)
+    config = MappingConfig.model_validate({"train": {"model": "deeplab", "params": {"widht": 8}}})
+    with pytest.raises(S2AgriInputError, match=r"train\.params widht are not arguments of deeplab"):
+        model_kwargs(config, 20)
+    config = MappingConfig.model_validate({"train": {"model": "lstm", "params": {"n_frames": 7}}})
+    with pytest.raises(S2AgriInputError, match=r"set deep\.n_frames instead"):
+        model_kwargs(config, 20)
+
+
+@pytest.mark.parametrize("months", [[3, 4, 5, 6, 7, 8], [2, 3], [13]])
+def test_months_are_validated(months: list[int]) -> None:
+    if months == [3, 4, 5, 6, 7, 8]:
+        assert MappingConfig.model_validate({"deep": {"months": months}}).deep.months == (3, 4, 5, 6, 7, 8)
+        return
+    if months == [2, 3]:
+        assert MappingConfig.model_validate({"deep": {"months": months}}).deep.months == (2, 3)
+        with pytest.raises(ValueError, match="increasing calendar months"):
+            MappingConfig.model_validate({"deep": {"months": [3, 2]}})
+        return
+    with pytest.raises(ValueError, match="increasing calendar months"):
+        MappingConfig.model_validate({"deep": {"months": months}})
+
+
+def test_monthly_model_input_is_the_normalised_medians(region: Path) -> None:
+    patch = ValidMaskTask().execute(
+        ReflectanceTask().execute(EOPatch.load(str(region / "eopatches" / "box-000")))
+    )
+    reflectance, valid = patch.data["REFLECTANCE"], patch.mask["VALID"][..., 0]
+    normaliser = PercentileNormaliser(low=[0.0] * 12, high=[0.5] * 12)
+    months = (3, 4, 5, 6, 7, 8)
+    x = model_input(reflectance, valid, normaliser, 6, months=months, timestamps=patch.timestamps)
+    assert x.shape == (6, 12, 40, 40) and x.dtype == np.float32
+    # hand check: May (month index 2), band 3, at every pixel with 1..3 valid May observations
+    month = np.array([t.month for t in patch.timestamps])
+    may = np.flatnonzero(month == 5)
+    n_valid = valid[may].sum(axis=0)
+    rows, cols = np.nonzero((n_valid > 0) & (n_valid < 4))
+    assert rows.size > 20
+    for r, c in zip(rows[:20], cols[:20], strict=True):
+        frames = may[valid[may, r, c]]
+        expected = np.clip(np.median(reflectance[frames, r, c, 3]) / 0.5, 0, 1)
+        assert x[2, 3, r, c] == pytest.approx(expected, abs=1e-6)
+    medians, observed = monthly_inputs(reflectance, valid, patch.timestamps, months)
+    assert medians.shape == (6, 40, 40, 12) and observed.shape == (6, 40, 40)
+    with pytest.raises(ValueError, match="need the timestamps"):
+        model_input(reflectance, valid, normaliser, 6, months=months)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_train_and_predict_every_new_segmenter(name: str, region: Path, tmp_path: Path, capsys) -> None:
+    config = {
+        "train": {"model": name, "params": TINY[name]},
+        "deep": {
+            "n_frames": 8,
+            "patch_size": 80,
+            "tile": 24,
+            "trainer": {"max_epochs": 1, "batch_size": 4, "num_threads": 1},
+        },
+    }
+    if name == "fg-unet":
+        config["train"]["params"]["groups"] = 4
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    model = tmp_path / "model"
+    boxes = [str(region / "eopatches" / box) for box in ("box-000", "box-001")]
+    assert cli.main(["train", *boxes, "--out", str(model), "--config", str(path)]) == 0
+    card = json.loads((model / "model_card.json").read_text())
+    expected_params = sum(p.numel() for p in load_trained(model).model.parameters() if p.requires_grad)
+    assert f"trained {name} ({expected_params} parameters)" in capsys.readouterr().out
+    assert card["n_parameters"] == expected_params and card["epochs"] == 1 and card["preset"] == "cpu"
+    monthly = name in ("convlstm", "convstar")
+    assert card["months"] == ([3, 4, 5, 6, 7, 8] if monthly else None)
+    assert card["n_frames"] == (6 if monthly else 8)
+    assert card["serialized_bytes"] > 4 * expected_params
+    trained = load_trained(model)
+    assert trained.months == ((3, 4, 5, 6, 7, 8) if monthly else None)
+
+    run = tmp_path / "run"
+    box = str(region / "eopatches" / "box-002")
+    assert cli.main(["predict", box, "--model", str(model), "--out", str(run), "--config", str(path)]) == 0
+    patch = EOPatch.load(str(run / "eopatches" / "box-002"))
+    proba = patch[PRED_PROBA]
+    assert proba.shape == (160, 160, 1) and proba.dtype == np.float32
+    assert np.isfinite(proba).all() and proba.min() >= 0 and proba.max() <= 1
+    assert np.array_equal(patch[PRED_CULTIVATED][..., 0], proba[..., 0] >= 0.5)
+    assert patch.meta_info[PRED_MODEL_KEY] == name
+
+
+def test_paper_preset_from_the_command_line(region: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "deep": {
+                    "n_frames": 8,
+                    "patch_size": 40,
+                    "trainer": {"max_epochs": 1, "batch_size": 4, "num_threads": 1},
+                }
+            }
+        )
+    )
+    boxes = [str(region / "eopatches" / box) for box in ("box-000", "box-001")]
+    model = tmp_path / "mlp"
+    args = [
+        "train",
+        *boxes,
+        "--out",
+        str(model),
+        "--config",
+        str(config),
+        "--model",
+        "mlp",
+        "--preset",
+        "paper",
+    ]
+    assert cli.main(args) == 0
+    card = json.loads((model / "model_card.json").read_text())
+    # seed 003's MLP (200, 100, 50) on 8 frames x 12 bands
+    assert card["preset"] == "paper" and card["n_parameters"] == (96 * 200 + 200) + 20_100 + 5_050 + 51
+    checkpoint = torch.load(model / "model.pt", weights_only=True)
+    assert checkpoint["mapping_config"]["train"]["preset"] == "paper"
+
+
+def test_monthly_dataset_patches(region: Path) -> None:
+    from s2agri.models.datasets import PatchDataset
+
+    normaliser = PercentileNormaliser(low=[0.0] * 12, high=[0.5] * 12)
+    data = PatchDataset(
+        [region / "eopatches" / "box-000"],
+        normaliser,
+        patch_size=80,
+        n_frames=3,
+        augment=False,
+        months=(3, 4, 5, 6, 7, 8),
+    )
+    item = data[0]
+    assert data.n_frames == 6 and item["x"].shape == (6, 12, 20, 20)
+    patch = ValidMaskTask().execute(
+        ReflectanceTask().execute(EOPatch.load(str(region / "eopatches" / "box-000")))
+    )
+    whole = model_input(
+        patch.data["REFLECTANCE"],
+        patch.mask["VALID"],
+        normaliser,
+        6,
+        months=(3, 4, 5, 6, 7, 8),
+        timestamps=patch.timestamps,
+    )
+    np.testing.assert_allclose(item["x"].numpy(), whole[:, :, :20, :20], atol=1e-6)
+    assert contract.SCALE == 4
