@@ -14,10 +14,10 @@ seeds, predicted on the same hold-out boxes (``--holdout``, default box-006..009
 * the model's own 10 m map (its 2.5 m probabilities averaged per 10 m pixel, nearest-upsampled):
   pooled scores and the gain of the 2.5 m map over it.
 
-CPU budget (2 cores): the deep models use their ``cpu`` presets (``s2agri.models.presets``) and an
-epoch cap per model (:data:`EPOCHS`, chosen from one timed training step per model, see
-``cap.why`` in the JSON), far below the seeds' recipes: they are not converged and their scores
-are lower bounds. Parcel models see the reference parcel polygons of every box (seed 004's
+CPU budget (2 cores): the deep models use their ``cpu`` presets (``s2agri.models.presets``) and
+about the same training time each (:data:`TRAIN_BUDGET_S`, turned into an epoch cap per model from
+measured epoch times, see ``cap`` in the JSON), far below the seeds' recipes: they are not
+converged and their scores are lower bounds. Parcel models see the reference parcel polygons of every box (seed 004's
 object-based setting): their maps take the parcel outlines from the reference, which no other
 model gets.
 
@@ -53,35 +53,28 @@ TABLE = HERE / "results" / "models.md"
 DEFAULT_DATA = Path("/tmp/s2agri-bench-models")
 
 MODELS = ("ndvi-rule", *PIXEL_MODELS, *DEEP_MODELS, *PARCEL_MODELS)
-#: Epoch caps of the deep models (patience 3 may stop them earlier).
-EPOCHS = {
-    "unet-tc": 10,
-    "unet-b": 6,
-    "gcnn": 6,
-    "spinet": 3,
-    "spinet-nomrf": 3,
-    "fg-unet": 10,
-    "deeplab": 10,
-    "mlp": 10,
-    "lstm": 6,
-    "convlstm": 10,
-    "convstar": 10,
+#: Training budget of every deep model (seconds on this 2-core machine): each model's epoch cap is
+#: ``TRAIN_BUDGET_S / EPOCH_SECONDS`` (at least 3, at most 60 epochs), so fast models are not
+#: stopped after the few epochs a slow one can afford.
+TRAIN_BUDGET_S = 180
+#: Seconds per epoch (5 training boxes of 64 patches, batch 16, 2 threads, validation included),
+#: measured by a first run of this script with the same data and settings.
+EPOCH_SECONDS = {
+    "unet-tc": 5.2,
+    "unet-b": 7.4,
+    "gcnn": 6.7,
+    "spinet": 102.0,
+    "spinet-nomrf": 123.2,
+    "fg-unet": 9.4,
+    "deeplab": 7.1,
+    "mlp": 1.7,
+    "lstm": 30.7,
+    "convlstm": 11.8,
+    "convstar": 6.6,
 }
-#: Seconds of one training step (batch of 16 patches of 25 x 25 px at 10 m, T = 20, 2 threads,
-#: forward + backward + Adam; median of 3) measured before choosing :data:`EPOCHS`.
-STEP_PROBE_SECONDS = {
-    "gcnn": 1.35,
-    "unet-b": 1.8,
-    "unet-tc": 0.12,
-    "spinet": 5.47,
-    "spinet-nomrf": 4.87,
-    "fg-unet": 0.31,
-    "deeplab": 0.24,
-    "mlp": 0.04,
-    "lstm": 1.19,
-    "convlstm": 0.45,
-    "convstar": 0.2,
-}
+EPOCHS = {name: min(60, max(3, int(TRAIN_BUDGET_S // seconds))) for name, seconds in EPOCH_SECONDS.items()}
+#: Early-stopping patience (irrelevant at 3 epochs: SPInet's runs keep the first run's setting).
+PATIENCE = {name: 3 if EPOCHS[name] <= 3 else 5 for name in EPOCHS}
 PARCEL_EPOCHS = 60
 BATCH = 16
 
@@ -98,7 +91,7 @@ def model_config(name: str, epochs: dict[str, int], threads: int):  # type: igno
             "cache_boxes": 6,
             "trainer": {
                 "max_epochs": epochs[name],
-                "patience": 3,
+                "patience": PATIENCE[name],
                 "batch_size": BATCH,
                 "num_threads": threads,
             },
@@ -300,15 +293,17 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "cap": {
             "deep_max_epochs": {name: epochs[name] for name in DEEP_MODELS},
-            "deep_patience": 3,
+            "deep_patience": PATIENCE,
+            "train_budget_s": TRAIN_BUDGET_S,
+            "epoch_seconds_first_run": EPOCH_SECONDS,
             "deep_batch_size": BATCH,
             "parcel_max_epochs": PARCEL_EPOCHS,
             "parcel_patience": 10,
-            "step_probe_seconds": STEP_PROBE_SECONDS,
             "why": (
-                "CPU budget of the whole script (~45 min on 2 shared cores): caps from one timed step per "
-                "model at 20 batches per epoch (5 training boxes of 64 patches); slow models (SPInet, "
-                "U-Net-B, GCNN, pixel LSTM) get fewer epochs. Seeds: 100+ epochs on GPUs."
+                "CPU budget of the whole script (~40 min on 2 shared cores): every deep model gets about "
+                f"{TRAIN_BUDGET_S} s of training (epochs = budget / seconds per epoch measured by a first run, "
+                "3 to 60), SPInet and its ablation 3 epochs (~5 min). Seeds: 100+ epochs on GPUs. A first run "
+                "with equal epoch caps (3 to 10) left the fast models far from converged."
             ),
         },
         "config": (
