@@ -26,7 +26,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"s2agri.aoi": ["*.geojson", "*.gpkg"]},
+    package_data={"s2agri.aoi": ["*.geojson", "*.gpkg"], "s2agri.workflows": ["recipes/*.yaml"]},
     install_requires=[
         "eo-learn[extra,visualization]>=1.5,<1.6",
         "sentinelhub>=3.9",

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = name if card is None else data / "models" / name
         run = data / "runs" / name
         timing, rows = predict_and_score(name, model, config, holdout, run)
-        extra = diagnostics(run, sizes, config.predict.threshold)
+        extra = diagnostics(run, sizes, config.predict.cutoff)
         entries[name] = entry_of(name, card, timing, rows, extra)
         LOGGER.info(
             "%s: pooled wMCC %.3f (10 m map %.3f), small / large parcels MCC %.3f / %.3f",

@@ -7,8 +7,8 @@ prediction code of :mod:`s2agri.tasks.predict_pixel`:
 * ``predict_proba(X)`` -> (N,) float32 probability of cultivated;
 * ``save(path)`` / ``load(path)``, written atomically (temporary name in the same folder, then
   ``os.replace``): LightGBM as its native text model (``Booster.save_model``, reloaded with
-  ``lgb.Booster(model_file=...)``); the random forest as an uncompressed joblib pickle of the
-  scikit-learn estimator (pickle: load only files you trust);
+  ``lgb.Booster(model_file=...)``); the random forest as numeric arrays in an ``.npz``
+  (:mod:`s2agri.models.forest_io`: no pickle, so a model file cannot run code);
 * ``n_parameters``: the number of tree nodes, split nodes plus leaves, summed over all trees
   (scikit-learn's ``tree_.node_count``; for LightGBM ``2 * num_leaves - 1`` per tree);
 * ``serialized_bytes``: the size of what ``save`` writes.
@@ -30,11 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-import joblib
 import lightgbm as lgb
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
+from .forest_io import is_pickle_file, load_forest, save_forest
 from .registry import register_model
 
 LOGGER = logging.getLogger(__name__)
@@ -354,22 +354,31 @@ class RandomForestPixelClassifier(PixelClassifier):
     def serialized_bytes(self) -> int:
         self._require_fitted()
         buffer = io.BytesIO()
-        joblib.dump(self.estimator, buffer)
+        save_forest(self.estimator, buffer)
         return buffer.getbuffer().nbytes
 
     def save(self, path: PathLike) -> Path:
-        """Uncompressed joblib pickle of the scikit-learn estimator, written atomically."""
+        """The forest as numeric arrays (:mod:`s2agri.models.forest_io`, no pickle), written atomically."""
         self._require_fitted()
-        return atomic_write(path, lambda tmp: joblib.dump(self.estimator, tmp))
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                save_forest(self.estimator, handle)
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: PathLike) -> RandomForestPixelClassifier:
-        """The forest of a joblib file written by :meth:`save` (a pickle: trusted files only)."""
+        """The forest of a file written by :meth:`save`. Pickles (``.joblib``) are refused: loading one
+        can run any code."""
+        if is_pickle_file(path):
+            raise ValueError(
+                f"{Path(path).name} is a pickle, which can run code when loaded: s2agri does not load "
+                "pickles; train the model again (it is then saved as model.npz)"
+            )
         if not Path(path).is_file():
             raise ValueError(f"no random-forest model file at {path}")
-        estimator = joblib.load(path)
-        if not isinstance(estimator, RandomForestClassifier):
-            raise ValueError(f"{path} holds a {type(estimator).__name__}, not a RandomForestClassifier")
+        estimator = load_forest(path)
         params = estimator.get_params()
         model = cls(seed=params.pop("random_state") or 0, **params)
         model.estimator = estimator

@@ -61,8 +61,8 @@ SCALE = contract.SCALE
 CUBIC_A = np.float32(-0.75)
 #: Points interpolated per vectorised block in :meth:`FeatureUpsampler.at`.
 POINT_CHUNK = 65536
-#: cv2.resize handles at most this many channels per call.
-CV_MAX_CHANNELS = 512
+#: cv2.resize handles at most this many channels per call (CV_CN_MAX: 512 in OpenCV 4, 128 in OpenCV 5).
+CV_MAX_CHANNELS = 128
 #: Default features of the pixel models.
 STATS5X5 = (FeatureType.DATA_TIMELESS, "STATS5X5")
 

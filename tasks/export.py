@@ -23,7 +23,7 @@ from eolearn.core.types import Feature
 from rasterio.transform import Affine
 
 from . import contract
-from .prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA, box_name, feature_array
+from .prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_OBSERVED, PRED_PROBA, box_name, feature_array
 
 LOGGER = logging.getLogger(__name__)
 
@@ -144,12 +144,19 @@ class SubmissionTiffTask(EOTask):
         return eopatch
 
 
+#: uint8 probability COGs: p is stored as round(UINT8_LEVELS * p), UINT8_NODATA marks unobserved pixels.
+UINT8_LEVELS = 254
+UINT8_NODATA = 255
+
+
 class ProbabilityCogTask(EOTask):
     """PRED_PROBA of a box as a Cloud-Optimised GeoTIFF ``<folder>/<box>_proba.tif`` (GDAL COG driver).
 
-    ``dtype="uint8"`` (default) stores round(255·p) with the band scale 1/255 recorded in the
-    file (GIS readers apply it): 4x smaller than float32, and a quantisation step of 0.004 is far
-    below any model's calibration. ``dtype="float32"`` stores the values as they are. Tiles of
+    ``dtype="uint8"`` (default) stores round(254·p) with the band scale 1/254 recorded in the
+    file (GIS readers apply it) and 255 as nodata: 4x smaller than float32, and a quantisation step
+    of 0.004 is far below any model's calibration. ``dtype="float32"`` stores the values as they are,
+    NaN as nodata. Nodata marks the pixels that ``observed_feature`` (PRED_OBSERVED, when the EOPatch
+    has it) says were never observed well enough to map. Tiles of
     ``blocksize`` px (a multiple of 16, >= 128), DEFLATE, overviews by averaging (halving until
     one tile holds the image, or ``overview_count`` levels), model name and box in the tags.
     """
@@ -160,6 +167,7 @@ class ProbabilityCogTask(EOTask):
         proba_feature: Feature = PRED_PROBA,
         filename_template: str = "{box}_proba.tif",
         *,
+        observed_feature: Feature = PRED_OBSERVED,
         dtype: Literal["uint8", "float32"] = "uint8",
         blocksize: int = 512,
         overview_count: int | None = None,
@@ -184,6 +192,9 @@ class ProbabilityCogTask(EOTask):
         self.proba_feature = self.parse_feature(
             proba_feature, allowed_feature_types=[FeatureType.DATA_TIMELESS]
         )
+        self.observed_feature = self.parse_feature(
+            observed_feature, allowed_feature_types=[FeatureType.MASK_TIMELESS]
+        )
         self.filename_template = filename_template
         self.dtype = dtype
         self.blocksize = blocksize
@@ -202,15 +213,20 @@ class ProbabilityCogTask(EOTask):
         name = box_name(eopatch, box)
         path = _output_path(self.folder, self.filename_template, name)
         if self.dtype == "uint8":
-            data = np.rint(proba * np.float32(255)).astype(np.uint8)
+            data = np.rint(proba * np.float32(UINT8_LEVELS)).astype(np.uint8)
+            nodata: float = UINT8_NODATA
         else:
             data = proba.astype(np.float32)
+            nodata = float("nan")
+        if self.observed_feature in eopatch:
+            data[~_single_band(eopatch, self.observed_feature).astype(bool)] = nodata
         profile = {
             "driver": "COG",
             "width": proba.shape[1],
             "height": proba.shape[0],
             "count": 1,
             "dtype": self.dtype,
+            "nodata": nodata,
             "crs": crs,
             "transform": transform,
             "BLOCKSIZE": self.blocksize,
@@ -223,7 +239,7 @@ class ProbabilityCogTask(EOTask):
         with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data, 1)
             if self.dtype == "uint8":
-                dst.scales = (1.0 / 255.0,)
+                dst.scales = (1.0 / UINT8_LEVELS,)
             dst.update_tags(box_id=name, model=str(eopatch.meta_info.get(PRED_MODEL_KEY, "")))
         LOGGER.info("wrote probability COG %s", path)
         return eopatch

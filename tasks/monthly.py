@@ -92,7 +92,7 @@ def resolve_months(timestamps: Iterable[Any], months: Sequence[int] | None = Non
     return values.astype(np.int64)
 
 
-def _median(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def masked_median(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median over axis 0 of the valid rows: (k, H, W, C), (k, H, W) -> (H, W, C) float32, (H, W).
 
     NaN (and counts 0) where a pixel has no valid observation.
@@ -180,7 +180,7 @@ def monthly_medians(
     for m, month in enumerate(months_used):
         frames = np.flatnonzero(of_frame == month)
         if frames.size:
-            median, n = _median(stack[frames], valid[frames])
+            median, n = masked_median(stack[frames], valid[frames])
             medians[m] = np.where(n[..., None] > 0, median, np.float32(0))
             counts[m] = n
     fill_missing_months(medians, counts > 0, edges)

@@ -17,8 +17,8 @@ places every tile at a whole-pixel offset without resampling:
   full-resolution image and its overviews to temporary files next to the output first: plan
   for about twice the output size on that disk.
 
-Both keep the tiles' data type, band count, nodata value, scale/offset (the 1/255 scale of the
-uint8 probability COGs, :class:`~s2agri.tasks.export.ProbabilityCogTask`) and the metadata tags
+Both keep the tiles' data type, band count, nodata value, scale/offset (the 1/254 scale and the
+nodata 255 of the uint8 probability COGs, :class:`~s2agri.tasks.export.ProbabilityCogTask`) and the metadata tags
 all tiles agree on (the model name, not the box id). Pixels no tile covers read as the nodata
 value, or 0 when the tiles have none (e.g. a region with a missing box). Tiles must share one
 CRS, one pixel size and one pixel grid, and must not overlap; else a ``ValueError`` says which.

@@ -6,13 +6,20 @@ into the 2.5 m probability map and writes it with :func:`s2agri.tasks.prediction
 
 * ``"proba-upsample"`` (default): the model predicts at 10 m (H W rows, NaN features as they are) and
   the probability map is upsampled x4 with ``cv2.INTER_CUBIC`` and clipped to [0, 1].
+* ``"refine"`` (default): proba-upsample, then the 2.5 m pixels of every 10 m pixel whose 3x3
+  neighbourhood of 10 m probabilities reaches into ``threshold ± margin`` are predicted from their
+  bicubic features as in feature-upsample; elsewhere the map is decided at 10 m already. With the
+  seasonal features (:mod:`s2agri.tasks.seasonal`) feature-upsample scores far higher than
+  proba-upsample (pooled weighted MCC 0.797 vs 0.746 on 8 simulated 250 px tuning boxes of two seeds),
+  because a 10 m probability cannot place the 5 m gaps between adjacent parcels; refine gives the
+  same score (0.797) predicting about half of the pixels (``benchmarks/results/seasonal.json``).
 * ``"feature-upsample"``: the features are upsampled x4 bicubically (OpenCV ``INTER_CUBIC``, NaN
   handling of :class:`s2agri.models.sampling.FeatureUpsampler`) in row strips and the model predicts
   every 2.5 m pixel: 16 H W rows, in chunks of ``chunk_pixels`` rows so that memory stays bounded
   (about ``chunk_pixels * F * 4`` bytes: 100 MB for F = 96). These are exactly the features the
   training samples of :mod:`s2agri.models.sampling` are drawn from.
 
-Why the default: on a simulated 500 x 500 box (T = 28, F = 96; models trained on 2 x 50,000 balanced
+Why proba-upsample was the default of the 5x5 statistics: on a simulated 500 x 500 box (T = 28, F = 96; models trained on 2 x 50,000 balanced
 bicubic samples of two other boxes; 2 shared cores), feature-upsample costs 14x (LightGBM 300 trees:
 77 s vs 5.4 s) and 13x (RF 100 trees: 29.9 s vs 2.3 s) the time for the same score (MCC Mask 0.619 vs
 0.618 LightGBM, 0.599 vs 0.599 RF); the binary maps agree on 97.5 % (LightGBM) and 98.2 % (RF) of the
@@ -31,6 +38,7 @@ import cv2
 import numpy as np
 from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
+from scipy import ndimage
 
 from s2agri.models.registry import create_model, model_summary
 from s2agri.models.sampling import STATS5X5, FeatureUpsampler, SampleSet
@@ -40,10 +48,12 @@ from .prediction import feature_array, write_prediction
 
 LOGGER = logging.getLogger(__name__)
 
-Mode = Literal["proba-upsample", "feature-upsample"]
-MODES: tuple[str, ...] = ("proba-upsample", "feature-upsample")
-#: 13-14x faster than "feature-upsample" for the same score; see the module docstring.
-DEFAULT_MODE: Mode = "proba-upsample"
+Mode = Literal["refine", "proba-upsample", "feature-upsample"]
+MODES: tuple[str, ...] = ("refine", "proba-upsample", "feature-upsample")
+#: The feature-upsample score for about half its time with the seasonal features (module docstring).
+DEFAULT_MODE: Mode = "refine"
+#: Probability margin around the threshold inside which ``refine`` predicts every 2.5 m pixel.
+DEFAULT_REFINE_MARGIN = 0.2
 #: Rows per model call (bounds the memory of a prediction).
 CHUNK_PIXELS = 2**18
 
@@ -63,10 +73,13 @@ def predict_proba_map(
     *,
     chunk_pixels: int = CHUNK_PIXELS,
     scale: int = contract.SCALE,
+    threshold: float = 0.5,
+    margin: float = DEFAULT_REFINE_MARGIN,
 ) -> np.ndarray:
     """The (scale H, scale W) float32 probability map in [0, 1] of (H, W, F) 10 m ``features``.
 
-    ``model`` has ``predict_proba((N, F)) -> (N,)`` (a :class:`s2agri.models.baselines.PixelClassifier`).
+    ``model`` has ``predict_proba((N, F)) -> (N,)`` (a :class:`s2agri.models.baselines.PixelClassifier`);
+    ``threshold`` and ``margin`` choose the pixels that ``refine`` predicts at 2.5 m.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -76,11 +89,14 @@ def predict_proba_map(
     if features.ndim != 3 or min(features.shape) == 0:
         raise ValueError(f"features must have shape (H, W, F) with no empty axis, got {features.shape}")
     height, width, n_features = features.shape
-    if mode == "proba-upsample":
+    if mode in ("proba-upsample", "refine"):
         rows = np.ascontiguousarray(features, dtype=np.float32).reshape(-1, n_features)
         proba = _predict_rows(model, rows, chunk_pixels).reshape(height, width)
         up = cv2.resize(proba, (width * scale, height * scale), interpolation=cv2.INTER_CUBIC)
-        return np.clip(up, 0.0, 1.0, out=up)
+        np.clip(up, 0.0, 1.0, out=up)
+        if mode == "refine":
+            _refine(model, FeatureUpsampler(features, scale), proba, up, threshold, margin, chunk_pixels)
+        return up
 
     upsampler = FeatureUpsampler(features, scale)
     out = np.empty((height * scale, width * scale), dtype=np.float32)
@@ -91,6 +107,33 @@ def predict_proba_map(
         proba = _predict_rows(model, block.reshape(-1, n_features), chunk_pixels)
         out[start * scale : stop * scale] = proba.reshape(block.shape[:2])
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def uncertain_pixels(proba_10m: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+    """(H, W) bool: 10 m pixels whose 3x3 neighbourhood of probabilities reaches ``threshold ± margin``
+    (their bicubic 2.5 m values can fall on either side of the threshold)."""
+    low = ndimage.minimum_filter(proba_10m, 3, mode="nearest")
+    high = ndimage.maximum_filter(proba_10m, 3, mode="nearest")
+    return (high >= threshold - margin) & (low < threshold + margin)
+
+
+def _refine(
+    model: Any,
+    upsampler: FeatureUpsampler,
+    proba_10m: np.ndarray,
+    out: np.ndarray,
+    threshold: float,
+    margin: float,
+    chunk_pixels: int,
+) -> None:
+    """Predict, in place in ``out``, the 2.5 m pixels of the uncertain 10 m pixels from their features."""
+    scale = upsampler.scale
+    mask = uncertain_pixels(proba_10m, threshold, margin)
+    rows, cols = np.nonzero(np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1))
+    for start in range(0, rows.size, chunk_pixels):
+        r, c = rows[start : start + chunk_pixels], cols[start : start + chunk_pixels]
+        out[r, c] = np.clip(model.predict_proba(upsampler.at(r, c)), 0.0, 1.0)
+    LOGGER.debug("refine: %.1f %% of the 10 m pixels predicted at 2.5 m", 100 * mask.mean())
 
 
 class PixelModelPredictTask(EOTask):
@@ -110,6 +153,7 @@ class PixelModelPredictTask(EOTask):
         *,
         model_name: str | None = None,
         chunk_pixels: int = CHUNK_PIXELS,
+        refine_margin: float = DEFAULT_REFINE_MARGIN,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -123,12 +167,20 @@ class PixelModelPredictTask(EOTask):
         self.threshold = threshold
         self.model_name = model_name or getattr(model, "name", None) or type(model).__name__
         self.chunk_pixels = chunk_pixels
+        self.refine_margin = refine_margin
 
     def execute(self, eopatch: EOPatch) -> EOPatch:
         """Predict from ``features_feature`` and write the prediction features."""
         features = feature_array(eopatch, self.features_feature)
         start = time.perf_counter()
-        proba = predict_proba_map(self.model, features, self.mode, chunk_pixels=self.chunk_pixels)
+        proba = predict_proba_map(
+            self.model,
+            features,
+            self.mode,
+            chunk_pixels=self.chunk_pixels,
+            threshold=self.threshold,
+            margin=self.refine_margin,
+        )
         LOGGER.info(
             "%s (%s): %dx%d box predicted in %.1f s",
             self.model_name,

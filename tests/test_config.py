@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from s2agri.workflows.config import MappingConfig, dump_config, load_config
 from s2agri.workflows.errors import S2AgriInputError
@@ -12,10 +13,34 @@ from s2agri.workflows.errors import S2AgriInputError
 
 def test_defaults_work_without_a_file() -> None:
     config = load_config(None)
-    assert config.features.window == 5
-    assert config.features.mode == "per_frame"
+    assert config.features.kind == "seasonal"
+    assert config.features.n_windows == 6
     assert config.train.model == "lightgbm"
-    assert config.predict.threshold == 0.5
+    assert config.train.sample_weights is True
+    assert config.predict.threshold is None  # the model's own, chosen on validation boxes
+    assert config.predict.cutoff == 0.5
+    assert config.predict.mode == "refine"
+
+
+def test_a_config_naming_only_mode_means_the_5x5_statistics() -> None:
+    """Configs written before the seasonal features (``features: {mode: pooled}``) keep their meaning."""
+    assert MappingConfig.model_validate({"features": {"mode": "pooled"}}).features.kind == "stats5x5"
+    assert MappingConfig.model_validate({"features": {"window": 7}}).features.kind == "stats5x5"
+    assert MappingConfig.model_validate({"features": {"n_windows": 4}}).features.kind == "seasonal"
+
+
+@pytest.mark.parametrize(
+    ("features", "problem"),
+    [
+        ({"neighbourhood": 4}, "neighbourhood must be 0 or odd"),
+        ({"season": ["09-01", "03-01"]}, "is empty"),
+        ({"season": ["13-01", "03-01"]}, "not a month-day"),
+        ({"indices": ["EVI"]}, "indices"),
+    ],
+)
+def test_bad_seasonal_options_are_refused(features, problem) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        MappingConfig.model_validate({"features": features})
 
 
 def test_yaml_values_are_read(tmp_path) -> None:
@@ -60,3 +85,15 @@ def test_dump_round_trip(tmp_path) -> None:
     assert load_config(path) == config
     assert json.loads(path.read_text())["train"]["samples_per_box"] == 500
     assert not list(tmp_path.glob(".*"))
+
+
+def test_the_seed000_recipe_is_shipped_and_loads_by_name() -> None:
+    config = load_config("seed000")
+    assert config.features.kind == "stats5x5" and config.features.mode == "per_frame"
+    assert config.predict.threshold == 0.5 and config.predict.mode == "proba-upsample"
+    assert config.train.sample_weights is False and config.train.threshold_boxes == 0
+
+
+def test_a_missing_config_names_the_recipes(tmp_path) -> None:
+    with pytest.raises(S2AgriInputError, match=r"does not exist: .* recipe name \(seed000\)"):
+        load_config(tmp_path / "nope.yaml")

@@ -12,7 +12,7 @@ from eopatch_factory import build_eopatch
 
 from s2agri.tasks import contract
 from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask, atomic_path
-from s2agri.tasks.prediction import BOX_ID_KEY, PRED_CULTIVATED, PRED_PROBA, write_prediction
+from s2agri.tasks.prediction import BOX_ID_KEY, PRED_CULTIVATED, PRED_OBSERVED, PRED_PROBA, write_prediction
 
 SIZE = 20  # input pixels: 80 x 80 at 2.5 m
 
@@ -101,14 +101,31 @@ def test_probability_cog_uint8(tmp_path: Path) -> None:
         assert src.overviews(1) == [2, 4]
         assert src.dtypes == ("uint8",)
         assert src.profile["tiled"] and src.block_shapes == [(128, 128)]
-        assert src.scales[0] == pytest.approx(1 / 255)
+        assert src.scales[0] == pytest.approx(1 / 254) and src.nodata == 255
         assert src.tags()["model"] == "test-model"
         assert src.crs.to_epsg() == 32633
         assert src.transform.a == 2.5
         data = src.read(1)
-    np.testing.assert_array_equal(data, np.rint(proba * np.float32(255)).astype(np.uint8))
-    assert data[0, :3].tolist() == [0, 255, 128]
-    assert np.abs(data / 255 - proba).max() <= 0.5 / 255 + 1e-7
+    np.testing.assert_array_equal(data, np.rint(proba * np.float32(254)).astype(np.uint8))
+    assert data[0, :3].tolist() == [0, 254, 127]
+    assert np.abs(data / 254 - proba).max() <= 0.5 / 254 + 1e-7
+
+
+def test_probability_cog_marks_unobserved_pixels_as_nodata(tmp_path: Path) -> None:
+    patch, proba = _predicted_patch()
+    observed = np.ones((*proba.shape, 1), bool)
+    observed[:4, :8] = False
+    patch[PRED_OBSERVED] = observed
+    ProbabilityCogTask(tmp_path, blocksize=128).execute(patch, box="u8")
+    ProbabilityCogTask(tmp_path, dtype="float32", blocksize=128).execute(patch, box="f32")
+    with rasterio.open(tmp_path / "u8_proba.tif") as src:
+        data = src.read(1)
+        assert src.nodata == 255 and (data[:4, :8] == 255).all() and (data[observed[..., 0]] <= 254).all()
+        assert src.read_masks(1)[:4, :8].max() == 0 and src.read_masks(1)[4:].min() == 255
+    with rasterio.open(tmp_path / "f32_proba.tif") as src:
+        data = src.read(1)
+        assert np.isnan(src.nodata) and np.isnan(data[:4, :8]).all()
+        np.testing.assert_array_equal(data[4:], proba[4:])
 
 
 def test_probability_cog_float32_and_automatic_overviews(tmp_path: Path) -> None:

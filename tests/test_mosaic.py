@@ -73,7 +73,7 @@ def test_vrt_reads_every_tile_at_its_offset(tmp_path: Path, region: dict) -> Non
     assert data.shape == (2 * SIZE, 2 * SIZE) and data.dtype == np.uint8
     assert info["transform"] == Affine(2.5, 0, ORIGIN[0], 0, -2.5, ORIGIN[1])
     assert info["profile"]["crs"].to_epsg() == 32633
-    assert info["scales"] == pytest.approx((1 / 255,)) and info["offsets"] == (0.0,)
+    assert info["scales"] == pytest.approx((1 / 254,)) and info["offsets"] == (0.0,)
     assert info["tags"]["model"] == "lgbm" and "box_id" not in info["tags"]
     for tif in region["cogs"]:
         row, col = int(tif.name[1]), int(tif.name[2])
@@ -81,7 +81,7 @@ def test_vrt_reads_every_tile_at_its_offset(tmp_path: Path, region: dict) -> Non
         np.testing.assert_array_equal(
             data[row * SIZE : (row + 1) * SIZE, col * SIZE : (col + 1) * SIZE], tile
         )
-    np.testing.assert_array_equal(data, np.rint(region["proba"].astype(np.float32) * np.float32(255)))
+    np.testing.assert_array_equal(data, np.rint(region["proba"].astype(np.float32) * np.float32(254)))
     assert 'relativeToVRT="1">proba/b00_proba.tif<' in vrt.read_text()
 
 
@@ -110,11 +110,11 @@ def test_cog_mosaic_equals_the_vrt_and_is_a_cog(tmp_path: Path, region: dict) ->
     profile = info["profile"]
     assert profile["driver"] == "GTiff" and profile["tiled"] is True
     assert (profile["blockxsize"], profile["blockysize"]) == (128, 128)
-    assert profile["dtype"] == "uint8" and profile["nodata"] is None and profile["count"] == 1
+    assert profile["dtype"] == "uint8" and profile["nodata"] == 255 and profile["count"] == 1
     assert profile["compress"] == "deflate"
     assert info["layout"] == "COG"
     assert info["overviews"] == [2, 4]  # 320 px halved until it fits in a 128 px tile: 160, 80
-    assert info["scales"] == pytest.approx((1 / 255,))
+    assert info["scales"] == pytest.approx((1 / 254,))
     assert info["transform"] == vrt_info["transform"]
     assert info["tags"]["model"] == "lgbm"
     with rasterio.open(cog) as src:  # the average overview is the 2 x 2 mean of the pixels
@@ -142,7 +142,9 @@ def test_cog_mosaic_of_masks_with_mode_overviews(tmp_path: Path, region: dict) -
         assert set(np.unique(src.read(1, out_shape=(SIZE, SIZE)))) <= {0, 1}
 
 
-def test_a_missing_box_reads_as_zero(tmp_path: Path) -> None:
+def test_a_missing_box_reads_as_nodata(tmp_path: Path) -> None:
+    """The probability COGs declare nodata (255), so a box missing from a region is nodata in the mosaic,
+    never 0 (= "not cultivated")."""
     (tmp_path / "proba").mkdir()
     (tmp_path / "submission").mkdir()
     region = _region(tmp_path, boxes=((0, 0), (0, 1), (1, 1)))
@@ -151,7 +153,7 @@ def test_a_missing_box_reads_as_zero(tmp_path: Path) -> None:
     cog, _ = _read(write_cog_mosaic(region["cogs"], tmp_path / "proba.tif"))
 
     assert vrt.shape == (2 * SIZE, 2 * SIZE)
-    assert not vrt[SIZE:, :SIZE].any()
+    assert (vrt[SIZE:, :SIZE] == 255).all() and (vrt[:SIZE, :SIZE] <= 254).all()
     np.testing.assert_array_equal(cog, vrt)
 
 

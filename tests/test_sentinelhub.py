@@ -164,7 +164,9 @@ def test_time_interval_of_execute_and_an_input_eopatch(fake: FakeSentinelHub, re
         ("process", {"status": 429, "times": 2}, 2),  # rate limit: waits Retry-After, asks again
         ("catalog", {"status": 500, "times": 2}, 2),  # server error: back-off and retry
         ("token", {"status": 503, "times": 1}, 1),
-        ("process", {"delay_s": 2.0, "times": 1}, 1),  # a time-out is retried too
+        # a time-out is retried too; the delay is far above the time-out and the time-out far above a
+        # normal answer under load, so the call counts do not depend on the machine's speed
+        ("process", {"delay_s": 8.0, "times": 1}, 1),
     ],
     ids=["429-process", "500-catalog", "503-token", "timeout-process"],
 )
@@ -172,7 +174,7 @@ def test_transient_faults_are_retried(
     fake: FakeSentinelHub, reference: EOPatch, endpoint: str, fault: dict[str, Any], extra_calls: int
 ) -> None:
     fake.inject(endpoint, **fault)
-    config = config_for(fake, timeout_s=1.0)
+    config = config_for(fake, timeout_s=4.0 if "delay_s" in fault else 60.0)
 
     if fault.get("status") == 429:
         with pytest.warns(SHRateLimitWarning):
@@ -283,6 +285,17 @@ def test_time_out(fake: FakeSentinelHub) -> None:
         "Sentinel Hub catalog server did not answer within 0.3 s (2 attempts): retry later or raise the time-out"
     )
     assert fake.calls == {"token": 1, "catalog": 2}
+
+
+def test_a_token_endpoint_that_never_answers_times_out(fake: FakeSentinelHub) -> None:
+    """sentinelhub-py asks for tokens without a time-out; s2agri's session bounds every token request."""
+    fake.inject("token", delay_s=3.0)
+    with pytest.raises(S2AgriSourceError) as error:
+        fetch(fake, config=config_for(fake, timeout_s=0.3, max_attempts=2))
+    assert str(error.value) == (
+        "Sentinel Hub token server did not answer within 0.3 s (2 attempts): retry later or raise the time-out"
+    )
+    assert fake.calls == {"token": 2}
 
 
 def test_unreachable_server() -> None:

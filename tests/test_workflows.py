@@ -14,7 +14,14 @@ from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
 from s2agri.tasks.metrics import box_scores
-from s2agri.tasks.prediction import INPUT_KEY, INPUT_RELATIVE_KEY, PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
+from s2agri.tasks.prediction import (
+    INPUT_KEY,
+    INPUT_RELATIVE_KEY,
+    PRED_CULTIVATED,
+    PRED_MODEL_KEY,
+    PRED_OBSERVED,
+    PRED_PROBA,
+)
 from s2agri.tasks.vectorise import PARCELS_PRED
 from s2agri.workflows import cli
 from s2agri.workflows.errors import S2AgriInputError
@@ -118,7 +125,14 @@ def test_train_writes_model_and_card(model: Path) -> None:
     assert card["training_boxes"] == ["box-000", "box-001", "box-002"]
     assert card["samples"]["total"] == card["samples"]["cultivated"] + card["samples"]["not_cultivated"]
     assert 0 < card["samples"]["total"] <= 3 * 4000
-    assert len(card["feature_names"]) == 96 and card["feature_names"][0] == "B01_min"
+    # the default seasonal features: 6 windows x (12 bands + 4 indices), 4 x 3 percentiles, the
+    # count of valid observations, and 6 x 4 x 2 neighbourhood statistics
+    assert len(card["feature_names"]) == 6 * 16 + 12 + 1 + 48 and card["feature_names"][0] == "w0_B01"
+    assert card["config"]["features"]["kind"] == "seasonal"
+    selection = card["threshold_selection"]
+    assert selection["validation_boxes"] == ["box-001"]  # one of three boxes, the middle one
+    assert 0.05 <= card["threshold"] <= 0.95
+    assert -1 <= selection["weighted_mcc_at_0.5"] <= selection["weighted_mcc"] <= 1
     assert card["n_parameters"] > 0 and card["serialized_bytes"] == (model / card["file"]).stat().st_size
     assert card["config"]["train"]["params"]["n_estimators"] == 20
     assert json.loads((model / "config.json").read_text())["train"]["samples_per_box"] == 4000
@@ -161,7 +175,11 @@ def test_predict_run_products(run: Path, region: Path) -> None:
     assert proba.shape == (4 * SIZE, 4 * SIZE, 1) and proba.dtype == np.float32
     assert mask.shape == proba.shape and mask.dtype == bool
     assert proba.min() >= 0.0 and proba.max() <= 1.0
-    np.testing.assert_array_equal(mask, proba >= 0.5)
+    # the threshold the model chose on its validation box, recorded in the card and the EOPatch
+    threshold = json.loads((run / "model_card.json").read_text())["threshold"]
+    assert patch.meta_info["PRED_THRESHOLD"] == threshold
+    assert json.loads((run / "config.json").read_text())["predict"]["threshold"] == threshold
+    np.testing.assert_array_equal(mask, proba >= np.float32(threshold))
     assert patch.meta_info[PRED_MODEL_KEY] == "lightgbm" and patch.meta_info["box_id"] == "box-003"
     assert Path(patch.meta_info[INPUT_KEY]) == (region / "eopatches" / "box-003").resolve()
     assert contract.CULTIVATED in patch and contract.BANDS not in patch  # reference kept, inputs not copied
@@ -171,7 +189,7 @@ def test_predict_run_products(run: Path, region: Path) -> None:
         assert (src.bounds.left, src.bounds.top) == (patch.bbox.min_x, patch.bbox.max_y)
         np.testing.assert_array_equal(src.read(1), mask[..., 0].astype(np.uint8))
     with rasterio.open(run / "proba" / "box-003_proba.tif") as src:
-        assert np.abs(src.read(1) / 255.0 - proba[..., 0]).max() <= 0.5 / 255 + 1e-6
+        assert np.abs(src.read(1) / 254.0 - proba[..., 0]).max() <= 0.5 / 254 + 1e-6
     # parcels: every geometry valid, EPSG:32633, the same rows as the EOPatch feature
     parcels = gpd.read_file(run / "parcels.gpkg", layer="parcels")
     assert parcels.crs.to_epsg() == 32633 and shapely.is_valid(parcels.geometry.values).all()
@@ -182,6 +200,111 @@ def test_predict_run_products(run: Path, region: Path) -> None:
     assert (run / run_info["report"]).is_file()
     assert json.loads((run / "model_card.json").read_text())["model"] == "lightgbm"
     assert not (run / "failed.json").exists()
+
+
+def test_predict_uses_the_features_the_model_was_trained_with(region: Path, tmp_path: Path) -> None:
+    """A model trained on 5x5 statistics (pooled) predicted without --config computes pooled 5x5
+    statistics again, not the default seasonal features (that silently scored 0.086 before)."""
+    config = tmp_path / "pooled.yaml"
+    config.write_text(FAST_CONFIG + "features: {mode: pooled}\n")
+    model = tmp_path / "pooled-model"
+    boxes = [str(region / "eopatches" / f"box-00{i}") for i in range(3)]
+    assert cli.main(["train", *boxes, "--out", str(model), "--config", str(config)]) == 0
+    assert json.loads((model / "model_card.json").read_text())["feature_names"][0] == "B01_min"
+    out = tmp_path / "run"
+    assert (
+        cli.main(["predict", str(region / "eopatches" / "box-003"), "--model", str(model), "--out", str(out)])
+        == 0
+    )
+    used = json.loads((out / "config.json").read_text())["features"]
+    assert used["kind"] == "stats5x5" and used["mode"] == "pooled"
+
+
+def test_predict_refuses_a_config_whose_features_differ_from_the_model(
+    region: Path, model: Path, tmp_path: Path, capsys
+) -> None:
+    config = tmp_path / "other.yaml"
+    config.write_text("features: {kind: stats5x5}\n")
+    out = tmp_path / "run"
+    code = cli.main(
+        [
+            "predict",
+            str(region / "eopatches" / "box-003"),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and not out.exists()
+    assert (
+        "--config features is {'kind': 'stats5x5'" in err
+        and "was trained with features {'kind': 'seasonal'" in err
+    )
+
+
+def test_overwrite_never_replaces_an_input(region: Path, model: Path, tmp_path: Path, capsys) -> None:
+    box = region / "eopatches" / "box-003"
+    for out in (box, region, model, model / "report", box / "data"):
+        code = cli.main(["predict", str(box), "--model", str(model), "--out", str(out), "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2 and "overlaps the input" in err, out
+    assert (box / "bbox.geojson").exists() or any(box.glob("bbox*"))
+    assert (model / "model_card.json").is_file()
+    code = cli.main(["train", str(box), "--out", str(region), "--overwrite"])
+    assert code == 2 and "overlaps the input" in capsys.readouterr().err
+    assert box.is_dir()
+
+
+def test_a_run_published_meanwhile_is_not_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(S2AgriInputError, match="written by another run"), staged_folder(out) as staging:
+        (staging / "mine.txt").write_text("late")
+        out.mkdir()  # another command published first
+        (out / "theirs.txt").write_text("first")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the staging folder is gone
+
+
+def test_predict_refuses_a_box_with_a_pickled_array(
+    region: Path, model: Path, tmp_path: Path, capsys
+) -> None:
+    """An object array in an EOPatch is a pickle: loading it could run code. It is refused in one line
+    before any work, and eo-learn's reader refuses to unpickle it anyway."""
+    import gzip
+    import shutil
+
+    box = tmp_path / "boxes" / "box-evil"
+    shutil.copytree(region / "eopatches" / "box-003", box)
+    marker = tmp_path / "ran"
+    clp = next(box.glob("data/CLP.npy*"))
+    clp.unlink()
+    payload = np.array([_Exploit(str(marker))], dtype=object)
+    with gzip.open(box / "data" / "CLP.npy.gz", "wb") as handle:
+        np.save(handle, payload, allow_pickle=True)
+    out = tmp_path / "run"
+    code = cli.main(["predict", str(box), "--model", str(model), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert (
+        code == 2 and "\n" not in err and "box-evil holds object arrays" in err and "data/CLP.npy.gz" in err
+    )
+    assert not marker.exists() and not out.exists()
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        EOPatch.load(str(box))
+    assert not marker.exists()
+
+
+class _Exploit:
+    """Unpickling this touches a file: the stand-in for running code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
 
 
 def test_predict_with_rule_needs_no_model_file(region: Path, tmp_path: Path) -> None:
@@ -207,6 +330,46 @@ def _copy_box(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
+@pytest.mark.parametrize("model_name", ["lightgbm", "ndvi-rule"])
+def test_unobserved_pixels_are_nodata_for_every_model(
+    region: Path, model: Path, tmp_path: Path, capsys, model_name: str
+) -> None:
+    """Pixels that no frame saw clearly are not mapped (the default model once called a cloudy box 100 %
+    cultivated): not cultivated, nodata in the probability COG, no parcel; a box never seen fails."""
+    src = region / "eopatches"
+    half = SIZE // 2
+
+    def west_always_cloudy(patch: EOPatch) -> None:
+        clm = patch[contract.CLM].copy()
+        clm[:, :, :half] = 1
+        patch[contract.CLM] = clm
+
+    def always_cloudy(patch: EOPatch) -> None:
+        patch[contract.CLM] = np.ones_like(patch[contract.CLM])
+
+    boxes = tmp_path / "boxes"
+    _copy_box(src / "box-003", boxes / "box-west", west_always_cloudy)
+    _copy_box(src / "box-002", boxes / "box-cloud", always_cloudy)
+    out = tmp_path / "run"
+    spec = str(model) if model_name == "lightgbm" else model_name
+    assert cli.main(["predict", str(boxes), "--model", spec, "--out", str(out)]) == 1
+    failed = json.loads((out / "failed.json").read_text())
+    assert (
+        list(failed) == ["box-cloud"] and "no pixel of the box has 1 valid observation" in failed["box-cloud"]
+    )
+    assert "1 of 2 boxes failed" in capsys.readouterr().err
+    patch = EOPatch.load(str(out / "eopatches" / "box-west"))
+    observed = patch[PRED_OBSERVED][..., 0]
+    assert not observed[:, : 4 * half].any() and observed[:, 4 * half :].all()
+    assert not patch[PRED_CULTIVATED][:, : 4 * half].any() and patch.meta_info["observed_fraction"] == 0.5
+    with rasterio.open(out / "proba" / "box-west_proba.tif") as cog:
+        data = cog.read(1)
+        assert cog.nodata == 255 and (data[:, : 4 * half] == 255).all() and (data[:, 4 * half :] < 255).all()
+    west = shapely.box(patch.bbox.min_x, patch.bbox.min_y, patch.bbox.min_x + half * 10, patch.bbox.max_y)
+    parcels = gpd.read_file(out / "parcels.gpkg", layer="parcels")
+    assert len(parcels) and parcels.intersection(west).area.max() < 1e-6
+
+
 def test_failing_boxes_leave_nothing_and_are_listed(
     region: Path, model: Path, tmp_path: Path, capsys
 ) -> None:
@@ -225,11 +388,12 @@ def test_failing_boxes_leave_nothing_and_are_listed(
     _copy_box(src / "box-001", boxes / "box-nan", nan_bands)
     _copy_box(src / "box-002", boxes / "box-good", lambda patch: None)
     config = tmp_path / "c.yaml"
-    config.write_text("masks: {min_valid_fraction: 0.5}\n")
+    config.write_text(FAST_CONFIG + "masks: {min_valid_fraction: 0.5}\n")
+    filtered_model = tmp_path / "model"  # the frame filter belongs to the model's inputs
+    train_boxes = [str(src / f"box-00{i}") for i in range(3)]
+    assert cli.main(["train", *train_boxes, "--out", str(filtered_model), "--config", str(config)]) == 0
     out = tmp_path / "run"
-    code = cli.main(
-        ["predict", str(boxes), "--model", str(model), "--out", str(out), "--config", str(config)]
-    )
+    code = cli.main(["predict", str(boxes), "--model", str(filtered_model), "--out", str(out)])
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "2 of 3 boxes failed" in err

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s2agri.models.names import (  # noqa: F401 (re-exported)
     DEEP_MODELS,
@@ -37,16 +37,54 @@ class MaskConfig(_Strict):
 
 
 class FeatureConfig(_Strict):
-    """5x5 neighbourhood statistics of the cloud-masked stack."""
+    """The pixel models' features: crop-calendar features (``kind: seasonal``, default) or seed 000's
+    5x5 neighbourhood statistics averaged over time (``kind: stats5x5``)."""
 
-    mode: Literal["per_frame", "pooled"] = "per_frame"
-    window: int = Field(5, ge=1, le=15)
+    kind: Literal["seasonal", "stats5x5"] = Field(
+        "seasonal",
+        description="'seasonal': seasonal composites, index percentiles and context (s2agri.tasks.seasonal); "
+        "'stats5x5': seed 000's 5x5 statistics (mode, window)",
+    )
+    mode: Literal["per_frame", "pooled"] = Field("per_frame", description="stats5x5 only")
+    window: int = Field(5, ge=1, le=15, description="stats5x5 only: odd window side")
+    n_windows: int = Field(6, ge=1, le=24, description="seasonal only: equal windows of the season")
+    season: tuple[str, str] = Field(
+        ("03-01", "09-01"), description="seasonal only: first and last day (MM-DD)"
+    )
+    indices: tuple[Literal["NDVI", "NDWI", "NDMI", "NBR"], ...] = Field(
+        ("NDVI", "NDWI", "NDMI", "NBR"), description="seasonal only: spectral indices"
+    )
+    percentiles: tuple[float, ...] = Field((10.0, 50.0, 90.0), description="seasonal only: of each index")
+    neighbourhood: int = Field(5, ge=0, le=15, description="seasonal only: context window side, 0 = none")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stats5x5_when_mode_given(cls, data: Any) -> Any:
+        """Configs written before the seasonal features name only ``mode``/``window``: they meant stats5x5."""
+        if isinstance(data, dict) and "kind" not in data and ({"mode", "window"} & set(data)):
+            return {**data, "kind": "stats5x5"}
+        return data
 
     @field_validator("window")
     @classmethod
     def _odd(cls, value: int) -> int:
         if value % 2 == 0:
             raise ValueError("window must be odd")
+        return value
+
+    @field_validator("neighbourhood")
+    @classmethod
+    def _odd_or_zero(cls, value: int) -> int:
+        if value and value % 2 == 0:
+            raise ValueError("neighbourhood must be 0 or odd")
+        return value
+
+    @field_validator("season")
+    @classmethod
+    def _season(cls, value: tuple[str, str]) -> tuple[str, str]:
+        from s2agri.tasks.seasonal import window_of_frames
+
+        window_of_frames(["2019-03-01"], 1, *value)
         return value
 
 
@@ -68,7 +106,14 @@ class TrainConfig(_Strict):
     samples_per_box: int = Field(20_000, ge=100)
     max_samples: int = Field(400_000, ge=1_000)
     balanced: bool = True
-    sample_weights: bool = Field(False, description="weight samples with the challenge weight map")
+    sample_weights: bool = Field(True, description="weight samples with the challenge weight map")
+    threshold_boxes: float = Field(
+        0.25,
+        ge=0.0,
+        lt=1.0,
+        description="pixel models: fraction of the training boxes held out to choose the decision threshold "
+        "on weighted MCC (then the model is refitted on every box); 0 keeps predict.threshold",
+    )
     seed: int = Field(0, ge=0)
 
 
@@ -129,8 +174,31 @@ class ParcelConfig(_Strict):
 class PredictConfig(_Strict):
     """2.5 m prediction."""
 
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    mode: Literal["proba-upsample", "feature-upsample"] = "proba-upsample"
+    threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="decision threshold; None: the one the model chose on validation boxes, else 0.5",
+    )
+    mode: Literal["refine", "proba-upsample", "feature-upsample"] = Field(
+        "refine",
+        description="pixel models: 'proba-upsample' (10 m probability, bicubic x4), 'feature-upsample' "
+        "(features bicubic x4, every 2.5 m pixel predicted) or 'refine' (proba-upsample, then "
+        "feature-upsample only where the 10 m neighbourhood straddles the threshold)",
+    )
+    refine_margin: float = Field(
+        0.2, ge=0.0, le=1.0, description="refine: probability margin around the threshold"
+    )
+    min_observations: int = Field(
+        1,
+        ge=1,
+        description="valid observations a 10 m pixel needs to be mapped; fewer: nodata (not cultivated, no parcel)",
+    )
+
+    @property
+    def cutoff(self) -> float:
+        """The threshold to apply: ``threshold``, or 0.5 when none is set."""
+        return 0.5 if self.threshold is None else self.threshold
 
 
 class VectoriseConfig(_Strict):
@@ -170,7 +238,10 @@ def read_config_mapping(path: str | Path) -> dict:
     """The key/value mapping of a YAML/JSON config file; an input error naming the problem otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise S2AgriInputError(f"config {path} does not exist: give the path of a YAML or JSON file")
+        raise S2AgriInputError(
+            f"config {path} does not exist: give the path of a YAML or JSON file or a recipe name "
+            f"({', '.join(recipe_names())})"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -182,10 +253,22 @@ def read_config_mapping(path: str | Path) -> dict:
     return data
 
 
+#: Named configs shipped with s2agri (``workflows/recipes/<name>.yaml``): ``--config seed000``.
+RECIPES_FOLDER = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the shipped recipes."""
+    return sorted(path.stem for path in RECIPES_FOLDER.glob("*.yaml"))
+
+
 def load_config(path: str | Path | None) -> MappingConfig:
-    """Read and validate a YAML/JSON config; ``None`` gives the defaults."""
+    """Read and validate a YAML/JSON config, or a shipped recipe by name (:func:`recipe_names`, when no
+    such file exists); ``None`` gives the defaults."""
     if path is None:
         return MappingConfig()
+    if not Path(path).exists() and str(path) in recipe_names():
+        path = RECIPES_FOLDER / f"{path}.yaml"
     data = read_config_mapping(path)
     try:
         return MappingConfig.model_validate(data)

@@ -18,18 +18,35 @@ import numpy as np
 from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
+from s2agri.tasks.export import target_grid
 from s2agri.tasks.metrics import SCORE_KEYS, box_confusions, pool_confusions, scores, summarise
+from s2agri.tasks.objects import (
+    OBJECT_KEYS,
+    ObjectCounts,
+    object_counts,
+    object_scores,
+    predicted_objects,
+    reference_objects,
+)
 from s2agri.tasks.prediction import INPUT_KEY, INPUT_RELATIVE_KEY, PRED_CULTIVATED, PRED_MODEL_KEY
+from s2agri.tasks.vectorise import PARCELS_PRED
 from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.validate import scan_eopatch
 
 LOGGER = logging.getLogger(__name__)
-ROW_KEYS = ("model", "box", *SCORE_KEYS)
+#: Pixel scores, then object scores of the predicted parcels (s2agri.tasks.objects).
+METRIC_KEYS = (*SCORE_KEYS, *OBJECT_KEYS)
+ROW_KEYS = ("model", "box", *METRIC_KEYS)
+#: Columns of the printed table (the files hold every metric).
+TABLE_KEYS = (*SCORE_KEYS, "object_precision", "object_recall", "object_f1", "median_iou")
+_TABLE_NAMES = {"object_precision": "obj_prec", "object_recall": "obj_recall", "object_f1": "obj_f1"}
 
 
 def load_for_scoring(folder: Path) -> EOPatch:
     """Load only what scoring needs; a clear error names a missing feature."""
     features = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED, FeatureType.META_INFO]
+    if PARCELS_PRED in scan_eopatch(folder).features:
+        features.append(PARCELS_PRED)
     try:
         return EOPatch.load(str(folder), features=features)
     except (OSError, ValueError, KeyError) as exc:
@@ -41,20 +58,40 @@ def load_for_scoring(folder: Path) -> EOPatch:
 
 def evaluate_boxes(folders: Sequence[Path], model: str | None = None) -> list[dict]:
     """One row per box plus a ``pooled`` row (confusions summed over boxes, as the challenge scores)."""
-    rows, confusions = [], []
+    rows, confusions, objects = [], [], ObjectCounts()
     for folder in folders:
         patch = load_for_scoring(folder)
-        conf = box_confusions(
-            patch[contract.CULTIVATED][..., 0],
-            patch[PRED_CULTIVATED][..., 0],
-            patch[contract.NOT_DECLARED][..., 0],
-        )
+        truth, not_declared = patch[contract.CULTIVATED][..., 0], patch[contract.NOT_DECLARED][..., 0]
+        conf = box_confusions(truth, patch[PRED_CULTIVATED][..., 0], not_declared)
         confusions.append(conf)
+        counts = box_object_counts(patch)
+        objects += counts
         name = model or str(patch.meta_info.get(PRED_MODEL_KEY, "unknown"))
-        rows.append({"model": name, "box": folder.name, **scores(conf)})
+        rows.append({"model": name, "box": folder.name, **scores(conf), **object_scores(counts)})
     if rows:
-        rows.append({"model": rows[0]["model"], "box": "pooled", **scores(pool_confusions(confusions))})
+        rows.append(
+            {
+                "model": rows[0]["model"],
+                "box": "pooled",
+                **scores(pool_confusions(confusions)),
+                **object_scores(objects),
+            }
+        )
     return rows
+
+
+def box_object_counts(patch: EOPatch) -> ObjectCounts:
+    """Reference fields vs the predicted parcels (PARCELS_PRED; none when the box has no such feature)."""
+    truth, not_declared = patch[contract.CULTIVATED][..., 0], patch[contract.NOT_DECLARED][..., 0]
+    reference = reference_objects(truth)
+    if PARCELS_PRED not in patch:
+        return object_counts(reference, np.zeros_like(reference))
+    transform, crs = target_grid(patch, truth.shape)
+    parcels = patch[PARCELS_PRED]
+    if parcels.crs is not None and parcels.crs.to_epsg() != crs.to_epsg():
+        parcels = parcels.to_crs(crs.to_wkt())
+    predicted = predicted_objects(parcels.geometry.values, transform, truth.shape, not_declared=not_declared)
+    return object_counts(reference, predicted)
 
 
 def summary_rows(rows: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -62,7 +99,9 @@ def summary_rows(rows: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for model in dict.fromkeys(r["model"] for r in rows):
         per_box = [
-            {k: r[k] for k in SCORE_KEYS} for r in rows if r["model"] == model and r["box"] != "pooled"
+            {k: r[k] for k in METRIC_KEYS if k in r}
+            for r in rows
+            if r["model"] == model and r["box"] != "pooled"
         ]
         out[model] = summarise(per_box)
     return out
@@ -82,20 +121,23 @@ def write_metrics(rows: Sequence[dict], json_path: Path, csv_path: Path | None =
         with tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=ROW_KEYS)
             writer.writeheader()
-            writer.writerows([{k: row[k] for k in ROW_KEYS} for row in rows])
+            writer.writerows([{k: row.get(k, "") for k in ROW_KEYS} for row in rows])
         tmp.replace(csv_path)
 
 
 def format_table(rows: Sequence[dict], *, summary: bool = False) -> str:
     """A fixed-width results table; ``summary`` adds mean and std over boxes per model."""
-    header = f"{'model':<16}{'box':<12}" + "".join(f"{k:>13}" for k in SCORE_KEYS)
+    header = f"{'model':<16}{'box':<12}" + "".join(f"{_TABLE_NAMES.get(k, k):>13}" for k in TABLE_KEYS)
     lines = [header, "-" * len(header)]
     for row in rows:
-        lines.append(f"{row['model']:<16}{row['box']:<12}" + "".join(f"{row[k]:>13.3f}" for k in SCORE_KEYS))
+        lines.append(
+            f"{row['model']:<16}{row['box']:<12}"
+            + "".join(f"{row.get(k, float('nan')):>13.3f}" for k in TABLE_KEYS)
+        )
     if summary:
         for model, stats in summary_rows(rows).items():
             for stat in ("mean", "std"):
-                values = "".join(f"{stats.get(k, {}).get(stat, float('nan')):>13.3f}" for k in SCORE_KEYS)
+                values = "".join(f"{stats.get(k, {}).get(stat, float('nan')):>13.3f}" for k in TABLE_KEYS)
                 lines.append(f"{model:<16}{'box ' + stat:<12}{values}")
     return "\n".join(lines)
 

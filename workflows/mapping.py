@@ -3,20 +3,21 @@
 Prediction, one EOWorkflow per box (eo-learn tasks, each usable alone)::
 
     LoadTask -> BoxNameTask -> ReflectanceTask -> ValidMaskTask -> [ValidFrameFilterTask]
-      -> NeighbourhoodStatisticsTask -> PixelModelPredictTask | NdviRuleTask -> VectoriseTask
+      -> SeasonalFeaturesTask | NeighbourhoodStatisticsTask -> PixelModelPredictTask | NdviRuleTask
+      -> ObservedMaskTask (nodata where a pixel has no valid observation) -> VectoriseTask
       -> SelectFeaturesTask -> SaveTask (to eopatches/.<box>.partial) -> SubmissionTiffTask
       -> ProbabilityCogTask -> PublishTask (renames the EOPatch to eopatches/<box>)
 
-A parcel classifier (``tempcnn``, ``transformer``, ``lstm-parcel``) replaces the 5x5 statistics and the
+A parcel classifier (``tempcnn``, ``transformer``, ``lstm-parcel``) replaces the pixel features and the
 model task with ZonalStatisticsTask (the box's REFERENCE parcels) -> ParcelClassifierTask ->
 PaintParcelPredictionsTask, and its saved EOPatches also keep PARCEL_STATS (with ``proba``).
 
 Training samples, one EOWorkflow per box::
 
     LoadTask -> ReflectanceTask -> ValidMaskTask -> [ValidFrameFilterTask]
-      -> NeighbourhoodStatisticsTask -> SamplePixelsTask (writes <box>.npz)
+      -> SeasonalFeaturesTask | NeighbourhoodStatisticsTask -> SamplePixelsTask (writes <box>.npz)
 
-The rule needs no 5x5 statistics, so its workflow skips them. Saved prediction EOPatches hold only
+The rule needs no pixel features, so its workflow skips them. Saved prediction EOPatches hold only
 the products (PRED_PROBA, PRED_CULTIVATED, PARCELS_PRED), the reference masks when the input had
 them (so the run can be scored on its own) and ``meta_info`` (model, threshold, box id, input path).
 """
@@ -54,14 +55,18 @@ from s2agri.tasks.prediction import (
     INPUT_KEY,
     INPUT_RELATIVE_KEY,
     PRED_CULTIVATED,
+    PRED_OBSERVED,
     PRED_PROBA,
     NdviRuleTask,
+    ObservedMaskTask,
 )
+from s2agri.tasks.seasonal import SEASONAL, SeasonalFeaturesTask
 from s2agri.tasks.stats5x5 import NeighbourhoodStatisticsTask
 from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
+from s2agri.tasks.weights import weight_map
 from s2agri.tasks.zonal import PARCEL_STATS, PaintParcelPredictionsTask, ZonalStatisticsTask
 from s2agri.workflows.config import PARCEL_MODELS, MappingConfig
-from s2agri.workflows.model_store import TrainedModel
+from s2agri.workflows.model_store import TrainedModel, with_model_inputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ SUBMISSION, PROBA, SAMPLES = "submission", "proba", "samples"
 SAVED_FEATURES: tuple[Feature, ...] = (
     PRED_PROBA,
     PRED_CULTIVATED,
+    PRED_OBSERVED,
     PARCELS_PRED,
     contract.CULTIVATED,
     contract.NOT_DECLARED,
@@ -152,6 +158,19 @@ class SelectFeaturesTask(EOTask):
         return out
 
 
+def class_population(eopatch: EOPatch, *, weights: bool) -> np.ndarray:
+    """``[not cultivated, cultivated]`` 2.5 m pixels a box's samples are drawn from (declared, and of
+    weight > 0 when sampling with the weight map): a sample of class c stands for population[c] / n_c
+    pixels, which turns balanced samples back into the box's class shares when scoring them."""
+    truth = np.asarray(eopatch[contract.CULTIVATED])[..., 0].astype(bool)
+    eligible = np.ones_like(truth)
+    if contract.NOT_DECLARED in eopatch:
+        eligible &= ~np.asarray(eopatch[contract.NOT_DECLARED])[..., 0].astype(bool)
+    if weights:
+        eligible &= weight_map(truth, ~eligible) > 0
+    return np.array([np.count_nonzero(eligible & ~truth), np.count_nonzero(eligible & truth)], np.int64)
+
+
 class SamplePixelsTask(EOTask):
     """Training pixels of a box (:func:`s2agri.models.sampling.sample_eopatch`) saved as ``<box>.npz``.
 
@@ -196,6 +215,7 @@ class SamplePixelsTask(EOTask):
             row=samples.row,
             col=samples.col,
             feature_names=np.asarray(samples.feature_names or (), dtype=str),
+            population=class_population(eopatch, weights=self.weights),
         )
         tmp.replace(self.folder / f"{box}.npz")
         LOGGER.debug("%s: %s samples (not cultivated, cultivated)", box, samples.class_counts().tolist())
@@ -203,7 +223,8 @@ class SamplePixelsTask(EOTask):
 
 
 def feature_tasks(config: MappingConfig, *, statistics: bool = True) -> list[EOTask]:
-    """Reflectance, validity, frame filter (when ``min_valid_fraction`` > 0) and 5x5 statistics."""
+    """Reflectance, validity, frame filter (when ``min_valid_fraction`` > 0) and the pixel models'
+    features (``statistics``: seasonal or 5x5 statistics, :func:`pixel_features_task`)."""
     tasks: list[EOTask] = [
         ReflectanceTask(),
         ValidMaskTask(
@@ -214,8 +235,27 @@ def feature_tasks(config: MappingConfig, *, statistics: bool = True) -> list[EOT
     if config.masks.min_valid_fraction > 0:
         tasks.append(valid_frame_filter(config.masks.min_valid_fraction))
     if statistics:
-        tasks.append(NeighbourhoodStatisticsTask(mode=config.features.mode, window=config.features.window))
+        tasks.append(pixel_features_task(config))
     return tasks
+
+
+def pixel_features_feature(config: MappingConfig) -> Feature:
+    """The timeless feature the pixel models read: ``SEASONAL`` or ``STATS5X5`` (``features.kind``)."""
+    return SEASONAL if config.features.kind == "seasonal" else STATS5X5
+
+
+def pixel_features_task(config: MappingConfig) -> EOTask:
+    """The task computing the pixel models' features of ``config.features``."""
+    features = config.features
+    if features.kind == "seasonal":
+        return SeasonalFeaturesTask(
+            n_windows=features.n_windows,
+            season=features.season,
+            indices=features.indices,
+            percentiles=features.percentiles,
+            neighbourhood=features.neighbourhood,
+        )
+    return NeighbourhoodStatisticsTask(mode=features.mode, window=features.window)
 
 
 def parcel_tasks(
@@ -248,7 +288,7 @@ def prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[EOTas
             steps=info["steps"],
             months=info["months"],
             buffer_m=info["buffer_m"],
-            threshold=config.predict.threshold,
+            threshold=config.predict.cutoff,
             num_threads=config.deep.trainer.num_threads,
         )
     return [prediction_task(trained, config)]
@@ -265,7 +305,7 @@ def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
             trained.model,
             trained.normaliser,
             trained.n_frames,
-            config.predict.threshold,
+            config.predict.cutoff,
             model_name=trained.name,
             tile=config.deep.tile,
             num_threads=config.deep.trainer.num_threads,
@@ -273,9 +313,11 @@ def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
         )
     return PixelModelPredictTask(
         trained.model,
+        pixel_features_feature(config),
         mode=config.predict.mode,
-        threshold=config.predict.threshold,
+        threshold=config.predict.cutoff,
         model_name=trained.name,
+        refine_margin=config.predict.refine_margin,
     )
 
 
@@ -294,6 +336,7 @@ class PredictionWorkflow:
 
     def __init__(self, trained: TrainedModel, config: MappingConfig, input_root: Path, run: Path):
         self.run = Path(run)
+        config = with_model_inputs(trained, config)
         statistics = not (trained.is_rule or trained.is_deep or trained.is_parcel)
         saved = (*SAVED_FEATURES, PARCEL_STATS) if trained.is_parcel else SAVED_FEATURES
         tasks = [
@@ -301,6 +344,7 @@ class PredictionWorkflow:
             BoxNameTask(),
             *feature_tasks(config, statistics=statistics),
             *prediction_tasks(trained, config),
+            ObservedMaskTask(min_observations=config.predict.min_observations),
             VectoriseTask(
                 min_area_m2=config.vectorise.min_area_m2,
                 simplify_tolerance_m=config.vectorise.simplify_tolerance_m,
@@ -360,6 +404,7 @@ class SamplingWorkflow:
                 balanced=config.train.balanced,
                 weights=config.train.sample_weights,
                 seed=config.train.seed,
+                features_feature=pixel_features_feature(config),
             ),
         ]
         self.workflow = EOWorkflow(linearly_connect_tasks(*tasks))

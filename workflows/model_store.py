@@ -13,20 +13,26 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from s2agri.models import rule
 from s2agri.models.registry import available_models, load_model, model_summary
 from s2agri.workflows.errors import S2AgriInputError
+
+if TYPE_CHECKING:
+    from s2agri.workflows.config import MappingConfig
 
 LOGGER = logging.getLogger(__name__)
 
 MODEL_CARD = "model_card.json"
 #: Models that are rules, not fitted: usable by name with ``--model``.
 UNTRAINED_MODELS: tuple[str, ...] = (rule.MODEL_NAME,)
-_FILE_SUFFIX = {"lightgbm": ".txt", "random-forest": ".joblib"}
+_FILE_SUFFIX = {"lightgbm": ".txt", "random-forest": ".npz"}
 
 
 @dataclass
@@ -167,3 +173,44 @@ def _load_parcel(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
         "loaded %s from %s (epoch %s, %s steps)", name, path, checkpoint["best_epoch"], parcel["steps"]
     )
     return TrainedModel(name, model, card, parcel=parcel)
+
+
+#: Config sections a trained model owns: it was fitted on exactly these inputs, so prediction uses them.
+MODEL_INPUT_SECTIONS: tuple[str, ...] = ("masks", "features")
+
+
+def with_model_inputs(
+    trained: TrainedModel, config: MappingConfig, explicit: Mapping[str, Any] | None = None
+) -> MappingConfig:
+    """``config`` with the input sections (:data:`MODEL_INPUT_SECTIONS`) the model was trained with and,
+    when ``predict.threshold`` is unset, the threshold the model chose.
+
+    ``explicit`` is what the user's config file said: a section it names that differs from the model's
+    is an input error naming both values (a model computes wrong maps from other features).
+    """
+    from s2agri.workflows.config import MappingConfig, validation_problems
+
+    trained_config = trained.card.get("config") or {}
+    updates: dict[str, Any] = {}
+    for section in MODEL_INPUT_SECTIONS:
+        if section not in trained_config:
+            continue
+        try:
+            own = getattr(MappingConfig.model_validate({section: trained_config[section]}), section)
+        except ValidationError as exc:
+            raise S2AgriInputError(
+                f"the card of {trained.name} holds an invalid {section} section ({validation_problems(exc)}): "
+                "train the model again"
+            ) from exc
+        given = getattr(config, section)
+        if explicit is not None and section in explicit and given != own:
+            raise S2AgriInputError(
+                f"--config {section} is {given.model_dump(mode='json')} but model {trained.name} was trained "
+                f"with {section} {own.model_dump(mode='json')}: drop the {section} section (the model's is used) "
+                "or train a model with yours"
+            )
+        updates[section] = own
+    threshold = trained.card.get("threshold")
+    if config.predict.threshold is None and threshold is not None:
+        updates["predict"] = config.predict.model_copy(update={"threshold": float(threshold)})
+    return config.model_copy(update=updates) if updates else config

@@ -34,9 +34,9 @@ from eolearn.core import EOPatch, FeatureType
 from s2agri.tasks import contract
 from s2agri.tasks.vectorise import PARCELS_PRED, empty_parcels, export_parcels
 from s2agri.tasks.zonal import PARCEL_STATS, parcel_dates, zonal_attributes
-from s2agri.workflows.config import MappingConfig, dump_config, load_config
+from s2agri.workflows.config import MappingConfig, dump_config, load_config, read_config_mapping
 from s2agri.workflows.mapping import PredictionWorkflow, required_inputs
-from s2agri.workflows.model_store import TrainedModel, load_trained
+from s2agri.workflows.model_store import TrainedModel, load_trained, with_model_inputs
 from s2agri.workflows.runs import (
     EOPATCHES,
     REPORT,
@@ -105,6 +105,7 @@ def predict_boxes(
     boxes: Sequence[Path], trained: TrainedModel, config: MappingConfig, run: Path, workers: int = 1
 ) -> ExecutionSummary:
     """Run the prediction workflow of every box into the (existing, empty) folder ``run``."""
+    config = with_model_inputs(trained, config)
     root, folders = relative_folders(boxes)
     for sub in ("submission", "proba", EOPATCHES):
         (run / sub).mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,7 @@ def predict_boxes(
         stats = collect_parcel_stats(
             [run / EOPATCHES / name for name in summary.succeeded],
             (trained.parcel or {})["months"],
-            config.predict.threshold,
+            config.predict.cutoff,
         )
         export_parcels(stats, run / PARCEL_STATS_FILE, layer=PARCEL_STATS_LAYER)
     dump_config(config, run / "config.json")
@@ -162,8 +163,10 @@ def _resolved_config(args: argparse.Namespace) -> MappingConfig:
 def predict_command(args: argparse.Namespace) -> int:
     """Handler of ``s2agri predict``."""
     config = _resolved_config(args)
-    out = check_out(args.out, args.overwrite)
+    model_inputs = [args.model] if Path(args.model).exists() else []
+    out = check_out(args.out, args.overwrite, inputs=[*args.boxes, *model_inputs])
     trained = load_trained(args.model)
+    config = with_model_inputs(trained, config, read_config_mapping(args.config) if args.config else {})
     boxes = find_boxes(args.boxes)
     if trained.is_parcel:
         check_parcel_boxes(boxes, trained.name)

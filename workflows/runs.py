@@ -25,6 +25,7 @@ from typing import Any
 from eolearn.core import EOExecutor, EOWorkflow
 from eolearn.core.types import Feature
 
+from s2agri.tasks.safe_io import pickled_arrays
 from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.validate import scan_eopatch
 
@@ -38,9 +39,28 @@ REPORT = "report"
 _LISTED = 5
 
 
-def check_out(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Validate an output folder argument; an existing non-empty folder needs ``overwrite``."""
+def _overlaps(out: Path, given: Path) -> bool:
+    """Whether replacing ``out`` would touch ``given``: ``out`` is ``given``, holds it, or is an existing
+    folder inside it (symbolic links resolved)."""
+    out, given = out.resolve(), given.resolve()
+    return out == given or out in given.parents or (given in out.parents and out.exists())
+
+
+def check_out(
+    out: str | os.PathLike[str], overwrite: bool, inputs: Sequence[str | os.PathLike[str]] = ()
+) -> Path:
+    """Validate an output folder argument; an existing non-empty folder needs ``overwrite``.
+
+    ``out`` may neither be nor contain any of ``inputs`` (boxes, model folders), nor be an existing folder
+    inside one: replacing it would delete a user's input.
+    """
     out = Path(out)
+    for given in inputs:
+        if _overlaps(out, Path(given)):
+            raise S2AgriInputError(
+                f"output {out} overlaps the input {given}: writing there would replace the input; "
+                "choose an output folder outside the inputs"
+            )
     if out.exists() and not out.is_dir():
         raise S2AgriInputError(f"output {out} exists and is not a folder: choose another path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -52,22 +72,50 @@ def check_out(out: str | os.PathLike[str], overwrite: bool) -> Path:
 
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on error it is removed."""
+    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on error it is removed.
+
+    ``out`` is replaced only if it is still what it was when staging began: a folder that another run
+    published meanwhile (two commands writing the same ``--out``) is never silently replaced; this run
+    then fails with an input error and its own output is removed.
+    """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    before = _identity(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield staging
+        if _identity(out) != before:
+            raise S2AgriInputError(
+                f"output {out} was written by another run while this one worked: nothing of this run was "
+                "published; run it again with another --out (or --overwrite)"
+            )
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(trash)
             staging.rename(out)
             shutil.rmtree(trash)
         else:
-            staging.rename(out)
+            staging.rename(out)  # fails if another run created a non-empty out in between
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if out.exists() and _identity(out) != before:
+            raise S2AgriInputError(
+                f"output {out} was written by another run while this one worked: nothing of this run was "
+                "published; run it again with another --out (or --overwrite)"
+            ) from exc
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, None when it does not exist."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def is_eopatch(path: Path) -> bool:
@@ -109,9 +157,16 @@ LAYOUT_FIX = "give boxes in the challenge layout ('s2agri validate' lists every 
 
 
 def preflight(boxes: Sequence[Path], required: Sequence[Feature], fix: str = LAYOUT_FIX) -> None:
-    """Raise one :class:`S2AgriInputError` listing boxes that lack a ``required`` feature, then ``fix``."""
+    """Raise one :class:`S2AgriInputError` for the first box holding a pickled array, or listing boxes
+    that lack a ``required`` feature, then ``fix``."""
     problems = []
     for box in boxes:
+        pickled = pickled_arrays(box)
+        if pickled:
+            raise S2AgriInputError(
+                f"{box.name} holds object arrays (pickles, which can run code) or unreadable arrays in "
+                f"{', '.join(pickled[:_LISTED])}: s2agri refuses them; write those features as numeric arrays"
+            )
         present = scan_eopatch(box).features
         missing = [f"{ftype.value}/{name}" for ftype, name in required if (ftype, name) not in present]
         if missing:

@@ -44,7 +44,7 @@ LOGGER = logging.getLogger(__name__)
 
 def load_samples(path: Path) -> SampleSet:
     """A :class:`SampleSet` from a ``.npz`` written by :class:`~s2agri.workflows.mapping.SamplePixelsTask`."""
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         names = tuple(str(n) for n in data["feature_names"]) or None
         return SampleSet(
             X=data["X"],
@@ -55,6 +55,109 @@ def load_samples(path: Path) -> SampleSet:
             col=data["col"],
             feature_names=names,
         )
+
+
+#: Thresholds tried when choosing the decision threshold on validation boxes.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
+
+def validation_boxes(names: Sequence[str], fraction: float) -> list[str]:
+    """``round(fraction * n)`` boxes (at least 1, leaving at least 1) spread evenly over the sorted names;
+    none when ``fraction`` is 0 or there are fewer than 2 boxes."""
+    names = sorted(names)
+    if fraction <= 0 or len(names) < 2:
+        return []
+    n_val = min(len(names) - 1, max(1, round(fraction * len(names))))
+    picks = np.round(np.linspace(0, len(names) - 1, n_val + 2)[1:-1]).astype(int)
+    return [names[i] for i in sorted(set(picks.tolist()))]
+
+
+def box_sample_weights(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, and per sample the number of weighted 2.5 m pixels it stands for (its weight times its
+    class population over its class's samples), of one box's ``.npz``: the box's weighted confusion is
+    estimated without bias from balanced samples."""
+    with np.load(path, allow_pickle=False) as data:
+        y, weight, population = data["y"], data["weight"], data["population"]
+    counts = np.bincount(y, minlength=2)[:2]
+    scale = np.where(counts > 0, population / np.maximum(counts, 1), 0.0)
+    return y, weight * scale[y], counts
+
+
+def choose_threshold(y: np.ndarray, proba: np.ndarray, weight: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The threshold of :data:`THRESHOLD_GRID` with the highest weighted MCC of ``proba`` against ``y``
+    (ties: the one closest to 0.5), and the estimated weighted MCC at it and at 0.5."""
+    truth = y.astype(bool)
+    scores = []
+    for threshold in THRESHOLD_GRID:
+        pred = proba >= threshold
+        tp, fp = weight[truth & pred].sum(), weight[~truth & pred].sum()
+        fn, tn = weight[truth & ~pred].sum(), weight[~truth & ~pred].sum()
+        denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        scores.append(float((tp * tn - fp * fn) / denominator) if denominator > 0 else 0.0)
+    scores_array = np.asarray(scores)
+    best = np.flatnonzero(scores_array >= scores_array.max() - 1e-12)
+    index = best[np.argmin(np.abs(THRESHOLD_GRID[best] - 0.5))]
+    at_half = int(np.argmin(np.abs(THRESHOLD_GRID - 0.5)))
+    return float(THRESHOLD_GRID[index]), {
+        "weighted_mcc": round(scores[index], 4),
+        "weighted_mcc_at_0.5": round(scores[at_half], 4),
+    }
+
+
+def _accumulate(paths: Sequence[Path], config: MappingConfig) -> tuple[SampleSet, int]:
+    accumulator = SampleAccumulator(
+        config.train.max_samples, "balanced" if config.train.balanced else "proportional", config.train.seed
+    )
+    for path in paths:
+        accumulator.add(load_samples(path))
+    return accumulator.result(), accumulator.n_seen
+
+
+def _fit(config: MappingConfig, samples: SampleSet) -> Any:
+    counts = samples.class_counts()
+    if counts.min() == 0:
+        raise S2AgriInputError(
+            f"the training boxes hold {counts[0]} not-cultivated and {counts[1]} cultivated labelled pixels: "
+            "add boxes with both classes"
+        )
+    try:
+        return train_pixel_model(
+            config.train.model, samples, use_weights=config.train.sample_weights, **config.train.params
+        )
+    except (TypeError, ValueError) as exc:
+        raise S2AgriInputError(
+            f"train.params do not fit model {config.train.model} ({exc}): check the parameter names"
+        ) from exc
+
+
+def select_threshold(
+    samples_dir: Path, names: Sequence[str], config: MappingConfig
+) -> tuple[float | None, dict[str, Any]]:
+    """Fit on all but the validation boxes, choose the threshold on their samples (weighted MCC).
+
+    ``(None, {})`` when no box can be held out (``train.threshold_boxes`` 0, or one box).
+    """
+    held_out = validation_boxes(names, config.train.threshold_boxes)
+    if not held_out:
+        return None, {}
+    fit_on = [samples_dir / f"{name}.npz" for name in names if name not in held_out]
+    model = _fit(config, _accumulate(fit_on, config)[0])
+    ys, probas, weights = [], [], []
+    for name in held_out:
+        path = samples_dir / f"{name}.npz"
+        y, weight, _ = box_sample_weights(path)
+        ys.append(y)
+        weights.append(weight)
+        probas.append(model.predict_proba(load_samples(path).X))
+    threshold, scores = choose_threshold(np.concatenate(ys), np.concatenate(probas), np.concatenate(weights))
+    LOGGER.info(
+        "threshold %.2f chosen on %s: weighted MCC %.3f (%.3f at 0.5)",
+        threshold,
+        ", ".join(held_out),
+        scores["weighted_mcc"],
+        scores["weighted_mcc_at_0.5"],
+    )
+    return threshold, {"validation_boxes": held_out, **scores}
 
 
 def train_model(
@@ -77,29 +180,17 @@ def train_model(
         raise S2AgriInputError(f"no training box could be sampled: {summary.failure_line()}")
     if summary.failures:
         LOGGER.warning("skipping training boxes: %s", summary.failure_line())
-    accumulator = SampleAccumulator(
-        config.train.max_samples, "balanced" if config.train.balanced else "proportional", config.train.seed
-    )
-    for name in summary.succeeded:
-        accumulator.add(load_samples(samples_dir / f"{name}.npz"))
-    shutil.rmtree(samples_dir)
-    samples = accumulator.result()
+    samples, n_seen = _accumulate([samples_dir / f"{name}.npz" for name in summary.succeeded], config)
     sampling_seconds = time.perf_counter() - start
     counts = samples.class_counts()
-    if counts.min() == 0:
-        raise S2AgriInputError(
-            f"the training boxes hold {counts[0]} not-cultivated and {counts[1]} cultivated labelled pixels: "
-            "add boxes with both classes"
-        )
     start = time.perf_counter()
-    try:
-        model = train_pixel_model(
-            config.train.model, samples, use_weights=config.train.sample_weights, **config.train.params
-        )
-    except (TypeError, ValueError) as exc:
-        raise S2AgriInputError(
-            f"train.params do not fit model {config.train.model} ({exc}): check the parameter names"
-        ) from exc
+    threshold, threshold_selection = (
+        select_threshold(samples_dir, summary.succeeded, config)
+        if config.predict.threshold is None
+        else (None, {})
+    )
+    model = _fit(config, samples)
+    shutil.rmtree(samples_dir)
     train_seconds = time.perf_counter() - start
     card = {
         "params": config.train.params,
@@ -108,7 +199,9 @@ def train_model(
         "training_boxes": summary.succeeded,
         "skipped_boxes": summary.failures,
         "samples": {"total": len(samples), "not_cultivated": int(counts[0]), "cultivated": int(counts[1])},
-        "samples_seen": accumulator.n_seen,
+        "samples_seen": n_seen,
+        "threshold": config.predict.cutoff if threshold is None else threshold,
+        "threshold_selection": threshold_selection,
         "feature_names": list(samples.feature_names or ()),
         "config": config.model_dump(mode="json"),
     }
@@ -130,7 +223,7 @@ def train_command(args: argparse.Namespace) -> int:
     if args.workers is not None:
         updates["workers"] = args.workers
     config = MappingConfig.model_validate({**config.model_dump(), **updates})
-    out = check_out(args.out, args.overwrite)
+    out = check_out(args.out, args.overwrite, inputs=args.boxes)
     boxes = find_boxes(args.boxes)
     preflight(boxes, required_inputs(config, reference=True))
     with staged_folder(out) as staging:

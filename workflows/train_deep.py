@@ -119,7 +119,7 @@ def validate_on_boxes(
         trained,
         normaliser,
         n_frames,
-        config.predict.threshold,
+        config.predict.cutoff,
         tile=config.deep.tile,
         num_threads=config.deep.trainer.num_threads,
         months=months,

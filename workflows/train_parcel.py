@@ -159,7 +159,7 @@ def validate_parcel_boxes(
         steps=config.parcel.steps,
         months=config.deep.months,
         buffer_m=config.parcel.buffer_m,
-        threshold=config.predict.threshold,
+        threshold=config.predict.cutoff,
         num_threads=config.deep.trainer.num_threads,
     )
     return score_box_predictions(

@@ -30,9 +30,20 @@ import numpy as np
 import requests
 from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.io import SentinelHubInputTask
-from oauthlib.oauth2 import InsecureTransportError, OAuth2Error
-from sentinelhub import BBox, DataCollection, SHConfig, parse_time_interval
+from oauthlib.oauth2 import BackendApplicationClient, InsecureTransportError, OAuth2Error
+from requests_oauthlib import OAuth2Session
+from sentinelhub import (
+    BBox,
+    DataCollection,
+    SentinelHubDownloadClient,
+    SentinelHubSession,
+    SHConfig,
+    parse_time_interval,
+)
 from sentinelhub.config import DEFAULT_PROFILE, SH_PROFILE_ENV_VAR
+from sentinelhub.constants import SHConstants
+from sentinelhub.download.handlers import fail_user_errors, retry_temporary_errors
+from sentinelhub.download.models import DownloadRequest
 from sentinelhub.exceptions import (
     DownloadFailedException,
     ImageDecodingError,
@@ -173,6 +184,42 @@ def l2a_collection(base_url: str) -> DataCollection:
     return default.define_from(name, service_url=base_url)
 
 
+class TimedSentinelHubSession(SentinelHubSession):
+    """A ``SentinelHubSession`` whose token request has the config's time-out.
+
+    sentinelhub-py 3.x asks for OAuth tokens without a time-out, so a token endpoint that accepts the
+    connection and never answers blocks for ever. Here every token request waits at most
+    ``config.download_timeout_seconds`` and is retried like any download (``max_download_attempts``).
+    """
+
+    @retry_temporary_errors
+    @fail_user_errors
+    def _fetch_token(self, request: DownloadRequest) -> dict[str, Any]:
+        oauth_client = BackendApplicationClient(client_id=self.config.sh_client_id)
+        with OAuth2Session(client=oauth_client) as oauth_session:
+            oauth_session.register_compliance_hook("access_token_response", self._compliance_hook)
+            return oauth_session.fetch_token(
+                token_url=request.url,
+                client_id=self.config.sh_client_id,
+                client_secret=self.config.sh_client_secret,
+                headers={**self.DEFAULT_HEADERS, **SHConstants.HEADERS},
+                include_client_id=True,
+                timeout=self.config.download_timeout_seconds,
+            )
+
+
+def timed_session(config: SHConfig) -> SentinelHubSession:
+    """The cached session of ``config``'s client and deployment, a :class:`TimedSentinelHubSession`
+    created (token fetched with a time-out) and cached for every sentinelhub-py client when missing."""
+    key = SentinelHubDownloadClient._get_cache_key(config)
+    cached = SentinelHubDownloadClient._CACHED_SESSIONS.get(key)
+    if isinstance(cached, TimedSentinelHubSession):
+        return cached
+    session = TimedSentinelHubSession(config=config)
+    SentinelHubDownloadClient.cache_session(session)
+    return session
+
+
 class L2AInputTask(EOTask):
     """Create the contract features of a box from Sentinel Hub (the challenge's own fetch).
 
@@ -219,6 +266,8 @@ class L2AInputTask(EOTask):
                 f"bbox CRS EPSG:{bbox.crs.epsg} is not UTM: give the box in its UTM zone, e.g. EPSG:32633"
             )
         interval = _interval(time_interval) if time_interval is not None else self.time_interval
+        with source_errors("token", self.config):
+            timed_session(self.config)
         request = _L2ARequestTask(
             data_collection=l2a_collection(self.config.sh_base_url),
             resolution=self.resolution,
