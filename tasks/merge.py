@@ -66,6 +66,7 @@ from scipy.sparse.csgraph import connected_components
 from sentinelhub import CRS, BBox
 
 from . import contract
+from .instances import PRED_INSTANCES
 from .prediction import PRED_CULTIVATED, PRED_PROBA
 from .vectorise import PARCELS_PRED, VectoriseTask, _polygonal
 
@@ -101,8 +102,8 @@ def trace_eopatch(
 ) -> tuple[gpd.GeoDataFrame, shapely.Polygon]:
     """Unsimplified parcel polygons of a prediction EOPatch and its box, ready for :func:`merge_parcels`.
 
-    :class:`VectoriseTask` on PRED_CULTIVATED (and PRED_PROBA when present, else ``mean_proba``
-    is NaN) with ``simplify_tolerance_m=None`` and ``min_area_m2=0``; the EOPatch is not
+    :class:`VectoriseTask` on PRED_CULTIVATED (its PRED_INSTANCES when present; PRED_PROBA when
+    present, else ``mean_proba`` is NaN) with ``simplify_tolerance_m=None`` and ``min_area_m2=0``; the EOPatch is not
     modified. ``box_id`` and ``model`` as in :class:`VectoriseTask`.
     """
     if eopatch.bbox is None:
@@ -114,6 +115,8 @@ def trace_eopatch(
     has_proba = PRED_PROBA in eopatch
     if has_proba:
         patch[PRED_PROBA] = eopatch[PRED_PROBA]
+    if PRED_INSTANCES in eopatch:  # touching fields split in the box: traced apart
+        patch[PRED_INSTANCES] = eopatch[PRED_INSTANCES]
     patch.meta_info.update(eopatch.meta_info)
     task = VectoriseTask(
         proba_feature=PRED_PROBA if has_proba else None,

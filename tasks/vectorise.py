@@ -1,8 +1,9 @@
 """Parcel polygons from the 2.5 m cultivated mask, and their GeoPackage export.
 
-Polygons are the 4-connected components of PRED_CULTIVATED (rasterio's default connectivity,
-so two fields touching only at a pixel corner stay two parcels), traced by
-``rasterio.features.shapes`` on the bbox's 2.5 m grid, in the bbox's CRS.
+Polygons are the field instances of PRED_INSTANCES when the EOPatch has them
+(:mod:`s2agri.tasks.instances`: touching fields split apart), else the 4-connected components of
+PRED_CULTIVATED (rasterio's default connectivity, so two fields touching only at a pixel corner
+stay two parcels), traced by ``rasterio.features.shapes`` on the bbox's 2.5 m grid, in the bbox's CRS.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import shapely
 from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
 from scipy import ndimage
+from skimage.measure import label
 
 from .export import atomic_path, target_grid
+from .instances import PRED_INSTANCES
 from .prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA, box_name, feature_array
 
 LOGGER = logging.getLogger(__name__)
@@ -57,7 +60,8 @@ def _polygonal(geometry: shapely.Geometry) -> shapely.Geometry:
 class VectoriseTask(EOTask):
     """Parcel polygons of ``mask_timeless/PRED_CULTIVATED`` into ``vector_timeless/PARCELS_PRED``.
 
-    * Polygons: 4-connected components of the mask (``rasterio.features.shapes``, connectivity 4).
+    * Polygons: the instances of ``instances_feature`` (PRED_INSTANCES) when the EOPatch has it, else
+      the 4-connected components of the mask (``rasterio.features.shapes``, connectivity 4).
     * ``min_area_m2`` (default 400 m² = 64 px at 2.5 m = 2×2 Sentinel-2 pixels, 0.04 ha): smaller
       components, measured exactly as pixel count × pixel area (holes excluded), are dropped; a
       field below 2×2 input pixels cannot be resolved at 10 m.
@@ -80,6 +84,7 @@ class VectoriseTask(EOTask):
         proba_feature: Feature | None = PRED_PROBA,
         output_feature: Feature = PARCELS_PRED,
         *,
+        instances_feature: Feature | None = PRED_INSTANCES,
         min_area_m2: float = 400.0,
         simplify_tolerance_m: float | None = 2.5,
         box_id: str | None = None,
@@ -101,6 +106,11 @@ class VectoriseTask(EOTask):
         )
         self.output_feature = self.parse_feature(
             output_feature, allowed_feature_types=[FeatureType.VECTOR_TIMELESS]
+        )
+        self.instances_feature = (
+            None
+            if instances_feature is None
+            else self.parse_feature(instances_feature, allowed_feature_types=[FeatureType.MASK_TIMELESS])
         )
         self.min_area_m2 = float(min_area_m2)
         self.simplify_tolerance_m = simplify_tolerance_m
@@ -136,7 +146,17 @@ class VectoriseTask(EOTask):
         transform, _ = target_grid(eopatch, mask.shape)
         crs = eopatch.bbox.crs.pyproj_crs()
         box, model = box_name(eopatch, self.box_id), self._model_name(eopatch)
-        labels, count = ndimage.label(mask, structure=_CROSS)
+        if self.instances_feature is not None and self.instances_feature in eopatch:
+            instances = feature_array(eopatch, self.instances_feature)[..., 0]
+            if instances.shape != mask.shape:
+                raise ValueError(
+                    f"{self.instances_feature[1]} has shape {instances.shape}: expected {mask.shape}"
+                )
+            # one label per 4-connected region of one instance, and nothing outside the mask
+            labels = label(np.where(mask, instances, 0), connectivity=1, background=0)
+            count = int(labels.max())
+        else:
+            labels, count = ndimage.label(mask, structure=_CROSS)
         pixels = np.bincount(labels.ravel(), minlength=count + 1)
         pixel_area = abs(transform.a * transform.e)
         kept = pixels * pixel_area >= self.min_area_m2

@@ -48,7 +48,7 @@ def make_patch(seed: int = 100) -> EOPatch:
     return patch
 
 
-@pytest.mark.parametrize("mode", ["feature-upsample", "proba-upsample"])
+@pytest.mark.parametrize("mode", ["feature-upsample", "proba-upsample", "refine"])
 def test_task_writes_prediction(model, mode: str) -> None:
     patch = PixelModelPredictTask(model, mode=mode).execute(make_patch())
     proba = patch[PRED_PROBA]
@@ -87,7 +87,22 @@ def test_proba_upsample_is_resized_10m_prediction(model) -> None:
     )
 
 
-@pytest.mark.parametrize("mode", ["feature-upsample", "proba-upsample"])
+def test_refine_predicts_again_only_pixels_near_the_threshold(model) -> None:
+    features = smooth_features(SIZE, 10)
+    coarse = predict_proba_map(model, features, "proba-upsample")
+    fine = predict_proba_map(model, features, "feature-upsample")
+    for threshold, margin in ((0.5, 0.3), (0.4, 0.1), (0.6, 0.0)):
+        refined = predict_proba_map(
+            model, features, "refine", threshold=threshold, margin=margin, chunk_pixels=53
+        )
+        near = np.abs(coarse - np.float32(threshold)) < margin
+        np.testing.assert_array_equal(refined[near], fine[near])
+        np.testing.assert_array_equal(refined[~near], coarse[~near])
+    # a margin of 1 predicts every pixel again: feature-upsample
+    np.testing.assert_array_equal(predict_proba_map(model, features, "refine", margin=1.0), fine)
+
+
+@pytest.mark.parametrize("mode", ["feature-upsample", "proba-upsample", "refine"])
 def test_nan_features(model, mode: str) -> None:
     features = smooth_features(SIZE, 9)
     features[3:6, 3:6] = np.nan  # pixels never observed

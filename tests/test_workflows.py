@@ -488,8 +488,15 @@ def test_demo_writes_everything(tmp_path: Path, config_file: Path, capsys) -> No
         ("ndvi-rule", "pooled"),
     }
     assert set(rows[0]) == {
-        "model", "box", "weighted_mcc", "mcc_full", "mcc_mask", "f1_full", "f1_mask", "acc_full", "acc_mask"
+        "model", "box", "weighted_mcc", "mcc_full", "mcc_mask", "f1_full", "f1_mask", "acc_full", "acc_mask",
+        "object_precision", "object_recall", "object_f1", "median_iou", "over_segmentation",
+        "under_segmentation", "n_reference", "n_predicted",
     }  # fmt: skip
+    parcels = gpd.read_file(out / "parcels.gpkg", layer="parcels")
+    lightgbm = next(r for r in rows if r["model"] == "lightgbm" and r["box"] == "box-002")
+    # every parcel of at least 0.1 ha is a predicted object (none lies in not-declared land here)
+    assert lightgbm["n_predicted"] <= len(parcels)
+    assert 0 <= lightgbm["object_f1"] <= 1 and lightgbm["n_reference"] > 0
     patch = EOPatch.load(str(out / "eopatches" / "box-002"))
     assert patch.meta_info[PRED_MODEL_KEY] == "lightgbm" and PARCELS_PRED in patch
     assert patch[PRED_PROBA].shape == (256, 256, 1)

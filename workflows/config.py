@@ -184,7 +184,7 @@ class PredictConfig(_Strict):
         "refine",
         description="pixel models: 'proba-upsample' (10 m probability, bicubic x4), 'feature-upsample' "
         "(features bicubic x4, every 2.5 m pixel predicted) or 'refine' (proba-upsample, then "
-        "feature-upsample only where the 10 m neighbourhood straddles the threshold)",
+        "feature-upsample only where the upsampled probability is within threshold ± refine_margin)",
     )
     refine_margin: float = Field(
         0.2, ge=0.0, le=1.0, description="refine: probability margin around the threshold"
@@ -206,6 +206,15 @@ class VectoriseConfig(_Strict):
 
     min_area_m2: float = Field(400.0, ge=0.0)
     simplify_tolerance_m: float = Field(2.5, ge=0.0)
+    instances: Literal["watershed", "components"] = Field(
+        "watershed",
+        description="fields: 'watershed' splits touching fields at narrow necks (s2agri.tasks.instances), "
+        "'components' keeps the 4-connected components of the mask",
+    )
+    smoothing_px: float = Field(
+        1.5, ge=0.0, description="watershed: Gaussian smoothing of the distance map (px)"
+    )
+    h_px: float = Field(2.0, gt=0.0, description="watershed: depth (px) a field core must have to be a field")
 
 
 class ExportConfig(_Strict):

@@ -4,7 +4,8 @@ Prediction, one EOWorkflow per box (eo-learn tasks, each usable alone)::
 
     LoadTask -> BoxNameTask -> ReflectanceTask -> ValidMaskTask -> [ValidFrameFilterTask]
       -> SeasonalFeaturesTask | NeighbourhoodStatisticsTask -> PixelModelPredictTask | NdviRuleTask
-      -> ObservedMaskTask (nodata where a pixel has no valid observation) -> VectoriseTask
+      -> ObservedMaskTask (nodata where a pixel has no valid observation)
+      -> InstanceSegmentationTask (touching fields split) -> VectoriseTask
       -> SelectFeaturesTask -> SaveTask (to eopatches/.<box>.partial) -> SubmissionTiffTask
       -> ProbabilityCogTask -> PublishTask (renames the EOPatch to eopatches/<box>)
 
@@ -46,6 +47,7 @@ from eolearn.core.types import Feature
 from s2agri.models.sampling import STATS5X5, sample_eopatch
 from s2agri.tasks import contract
 from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
+from s2agri.tasks.instances import PRED_INSTANCES, InstanceSegmentationTask
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask, valid_frame_filter
 from s2agri.tasks.predict_deep import DeepModelPredictTask
 from s2agri.tasks.predict_parcel import ParcelClassifierTask
@@ -77,6 +79,7 @@ SAVED_FEATURES: tuple[Feature, ...] = (
     PRED_PROBA,
     PRED_CULTIVATED,
     PRED_OBSERVED,
+    PRED_INSTANCES,
     PARCELS_PRED,
     contract.CULTIVATED,
     contract.NOT_DECLARED,
@@ -345,6 +348,12 @@ class PredictionWorkflow:
             *feature_tasks(config, statistics=statistics),
             *prediction_tasks(trained, config),
             ObservedMaskTask(min_observations=config.predict.min_observations),
+            InstanceSegmentationTask(
+                # a parcel model paints the known parcels: its components are the parcels
+                method="components" if trained.is_parcel else config.vectorise.instances,
+                smoothing_px=config.vectorise.smoothing_px,
+                h_px=config.vectorise.h_px,
+            ),
             VectoriseTask(
                 min_area_m2=config.vectorise.min_area_m2,
                 simplify_tolerance_m=config.vectorise.simplify_tolerance_m,

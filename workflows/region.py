@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from s2agri.aoi import demo_aoi_path
 from s2agri.aoi.grid import box_bbox, check_aoi, read_aoi, split_aoi, write_grid
+from s2agri.tasks.instances import PRED_INSTANCES
 from s2agri.tasks.merge import merge_parcels, trace_eopatch
 from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
 from s2agri.workflows.config import MappingConfig, read_config_mapping, validation_problems
@@ -53,6 +54,7 @@ from s2agri.workflows.sources import (
     redact,
     split_postgres_uri,
 )
+from s2agri.workflows.validate import scan_eopatch
 
 LOGGER = logging.getLogger(__name__)
 
@@ -257,7 +259,10 @@ def merge_stage(config: RegionConfig, out: Path, names: list[str]) -> int:
     folders = [folder for folder in folders if folder.is_dir()]
     frames, boxes = [], []
     for folder in folders:
-        patch = EOPatch.load(str(folder), features=[PRED_CULTIVATED, PRED_PROBA, FeatureType.META_INFO])
+        features = [PRED_CULTIVATED, PRED_PROBA, FeatureType.META_INFO]
+        if PRED_INSTANCES in scan_eopatch(folder).features:
+            features.append(PRED_INSTANCES)
+        patch = EOPatch.load(str(folder), features=features)
         parcels, box = trace_eopatch(patch)
         frames.append(parcels)
         boxes.append(box)
