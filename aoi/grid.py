@@ -335,6 +335,10 @@ def _candidate_cells(union: shapely.Geometry, size: int) -> tuple[np.ndarray, np
     return rows[cell_row], cell_col + first_col, clipped[cell_row]
 
 
+#: Most boxes one split makes, --yes or not (5 million km² of 5 km boxes): more would exhaust memory.
+HARD_MAX_BOXES = 200_000
+
+
 def _too_many(count: str, size: int, max_boxes: int) -> S2AgriInputError:
     return S2AgriInputError(
         f"the AOI splits into {count} boxes of {size} m, more than --max-boxes {max_boxes}: "
@@ -375,6 +379,11 @@ def split_aoi(
     at_least = math.ceil(union.area / size**2 - _NOISE)  # each box holds at most size² of the AOI
     if at_least > max_boxes and not confirm_large:
         raise _too_many(f"at least {at_least}", size, max_boxes)
+    if at_least > HARD_MAX_BOXES:
+        raise S2AgriInputError(
+            f"the AOI splits into at least {at_least} boxes of {size} m, more than s2agri splits at once "
+            f"({HARD_MAX_BOXES}, with --yes too): split the AOI into parts or give a larger --size"
+        )
     rows, cols, clipped = _candidate_cells(union, size)
     min_x, min_y = cols * size, rows * size
     boxes = shapely.box(min_x, min_y, min_x + size, min_y + size)

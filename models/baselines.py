@@ -278,7 +278,18 @@ class LightGBMPixelClassifier(PixelClassifier):
         """The model of a LightGBM text file (``lgb.Booster(model_file=...)``)."""
         if not Path(path).is_file():
             raise ValueError(f"no LightGBM model file at {path}")
-        booster = lgb.Booster(model_file=str(path))
+        with open(path, "rb") as handle:
+            head = handle.read(5)
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - (1 << 20)))
+            tail = handle.read()
+        # LightGBM reads a truncated file without complaint (fewer trees: a silently wrong map)
+        if head != b"tree\n" or b"\nend of trees\n" not in tail:
+            raise ValueError(f"{path} is not a complete LightGBM text model (empty or truncated)")
+        try:
+            booster = lgb.Booster(model_file=str(path))
+        except lgb.basic.LightGBMError as exc:
+            raise ValueError(f"{path} is not a LightGBM model ({' '.join(str(exc).split())})") from exc
         threads = int((booster.params or {}).get("num_threads", 2) or 2)  # the n_jobs it was trained with
         model = cls(n_estimators=max(1, booster.num_trees()), n_jobs=threads)
         model.booster = booster

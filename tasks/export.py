@@ -53,6 +53,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         Path(f"{tmp}{side}").unlink(missing_ok=True)
 
 
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`: all of it or nothing, no leftover."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def target_grid(
     eopatch: EOPatch, shape: tuple[int, int], resolution: float = contract.TARGET_RESOLUTION_M
 ) -> tuple[Affine, rasterio.crs.CRS]:

@@ -556,3 +556,10 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(
         flag in help_text for flag in ("--size", "--buffer", "--layer", "--crs", "--max-boxes", "--yes")
     )
+
+
+def test_an_aoi_too_large_to_split_is_refused_even_with_yes() -> None:
+    """--yes lifts --max-boxes, not memory: 9 million 100 m boxes were a MemoryError."""
+    aoi = utm33(shapely.box(300000, 4700000, 600000, 5000000))
+    with pytest.raises(S2AgriInputError, match=r"more than s2agri splits at once .*split the AOI into parts"):
+        split_aoi(aoi, size_m=100, max_boxes=10**12, confirm_large=True)

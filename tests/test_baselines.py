@@ -221,33 +221,3 @@ def test_random_forest_file_holds_no_pickle(fitted, data, tmp_path: Path) -> Non
         reloaded.predict_proba(X_test), fitted["random-forest"].predict_proba(X_test)
     )
     assert reloaded.n_parameters == fitted["random-forest"].n_parameters
-
-
-def test_random_forest_refuses_pickles(tmp_path: Path) -> None:
-    marker = tmp_path / "ran"
-    pickled = tmp_path / "model.joblib"
-    import joblib
-
-    joblib.dump(_Touch(str(marker)), pickled)
-    with pytest.raises(ValueError, match="is a pickle, which can run code"):
-        load_model("random-forest", pickled)
-    assert not marker.exists()
-    # an .npz smuggling an object array is refused by np.load(allow_pickle=False)
-    crafted = tmp_path / "crafted.npz"
-    np.savez(
-        crafted, format=np.array("s2agri-forest-1"), params=np.array([_Touch(str(marker))], dtype=object)
-    )
-    with pytest.raises(ValueError, match="allow_pickle=False"):
-        load_model("random-forest", crafted)
-    assert not marker.exists()
-    (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="cannot be read as an s2agri forest file"):
-        load_model("random-forest", tmp_path / "junk.npz")
-
-
-class _Touch:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.path),))

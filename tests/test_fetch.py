@@ -141,7 +141,7 @@ def test_region_config_sources() -> None:
         RegionConfig.model_validate({"source": {"kind": "sentinelhub", "client_secret": "x"}})
     with pytest.raises(ValidationError, match="ends before it starts"):
         StacSource(kind="stac", time_interval=("2019-05-01", "2019-04-01"))
-    with pytest.raises(ValidationError, match="holds a password"):
+    with pytest.raises(ValidationError, match="holds a secret"):
         RegionConfig.model_validate({"export": {"postgis": {"uri": "postgresql://u:p@h/db?table=t"}}})
 
 

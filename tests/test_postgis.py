@@ -378,3 +378,12 @@ def test_upload_task_is_idempotent_per_box(dsn: str, parcels: gpd.GeoDataFrame) 
     ]
     areas = query(dsn, "SELECT sum(abs(ST_Area(geometry) - area_m2)) FROM predicted")[0][0]
     assert areas < 1e-6
+
+
+def test_a_statement_that_never_returns_is_cancelled(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connected is not done: a query the server never finishes is cancelled by its statement time-out."""
+    query(dsn, f"CREATE OR REPLACE VIEW slow_parcels AS SELECT p.* FROM {TABLE} p, pg_sleep(30)")
+    monkeypatch.setattr(postgis, "STATEMENT_TIMEOUT_S", 1.0)
+    with pytest.raises(S2AgriSourceError, match="no result within the statement time-out") as error:
+        postgis.read_parcels_postgis(dsn, "slow_parcels", BOX)
+    assert "\n" not in str(error.value)

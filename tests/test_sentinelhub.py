@@ -287,17 +287,6 @@ def test_time_out(fake: FakeSentinelHub) -> None:
     assert fake.calls == {"token": 1, "catalog": 2}
 
 
-def test_a_token_endpoint_that_never_answers_times_out(fake: FakeSentinelHub) -> None:
-    """sentinelhub-py asks for tokens without a time-out; s2agri's session bounds every token request."""
-    fake.inject("token", delay_s=3.0)
-    with pytest.raises(S2AgriSourceError) as error:
-        fetch(fake, config=config_for(fake, timeout_s=0.3, max_attempts=2))
-    assert str(error.value) == (
-        "Sentinel Hub token server did not answer within 0.3 s (2 attempts): retry later or raise the time-out"
-    )
-    assert fake.calls == {"token": 2}
-
-
 def test_unreachable_server() -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ Exit status: 0 success, 1 a check failed (e.g. ``validate`` found violations), 2
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -56,7 +57,9 @@ def _add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frames-max", type=int, default=contract.MAX_FRAMES, metavar="T", help="most acquisitions per box"
     )
-    parser.add_argument("--workers", type=int, default=1, metavar="W", help="parallel worker processes")
+    parser.add_argument(
+        "--workers", type=positive_int, default=1, metavar="W", help="parallel worker processes"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
 
@@ -92,7 +95,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help="YAML/JSON workflow config (default: built-in defaults)"
     )
     parser.add_argument(
-        "--workers", type=int, metavar="W", help="boxes in parallel (overrides the config's 'workers')"
+        "--workers",
+        type=positive_int,
+        metavar="W",
+        help="boxes in parallel (overrides the config's 'workers')",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
@@ -213,7 +219,7 @@ def _add_aoi_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("--repair", action="store_true", help="fix invalid AOI polygons with make_valid")
     split.add_argument(
         "--max-boxes",
-        type=int,
+        type=positive_int,
         default=DEFAULT_MAX_BOXES,
         metavar="N",
         help=f"refuse more boxes than N without --yes (default {DEFAULT_MAX_BOXES})",
@@ -293,7 +299,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-address", metavar="ADDR", help="'auto' or 'ray://host:port' (implies --engine ray)"
     )
-    parser.add_argument("--workers", type=int, metavar="W", help="overrides engine.workers")
+    parser.add_argument("--workers", type=positive_int, metavar="W", help="overrides engine.workers")
     parser.add_argument("--yes", action="store_true", help="accept a grid above grid.max_boxes")
 
 
@@ -408,6 +414,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and argparse usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_INPUT_ERROR)
     configure_logging(args.verbose)
+    # a log record that cannot be written (full disk) is dropped, not printed with a traceback each time
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
+    try:
+        return _run(args)
+    finally:
+        logging.raiseExceptions = raise_exceptions
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``args.run(args)`` with the command line's error handling: one line and an exit status."""
     logger.debug("s2agri %s: %s", package_version(), args)
     try:
         return args.run(args)
@@ -418,6 +434,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a full disk, a folder without write permission, ...
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(
+            f"{PROG}: error: cannot write{where} ({exc.strerror}): free some space or choose a folder you may write to\n"
+        )
+        logger.debug("%s", exc, exc_info=True)
+        return EXIT_INPUT_ERROR
+
+
+#: Errors of the machine, not of s2agri: reported in one line, no traceback.
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1: give at least 1")
+    return value
 
 
 if __name__ == "__main__":

@@ -103,8 +103,13 @@ class TrainConfig(_Strict):
     params: dict[str, float | int | str | bool] = Field(
         default_factory=dict, description="model keyword arguments (constructor of the registry model)"
     )
-    samples_per_box: int = Field(20_000, ge=100)
-    max_samples: int = Field(400_000, ge=1_000)
+    samples_per_box: int = Field(20_000, ge=100, le=2_000_000)
+    max_samples: int = Field(
+        400_000,
+        ge=1_000,
+        le=10_000_000,
+        description="samples kept in memory for fitting (10 million x 157 features is 6.3 GB)",
+    )
     balanced: bool = True
     sample_weights: bool = Field(True, description="weight samples with the challenge weight map")
     threshold_boxes: float = Field(
@@ -252,7 +257,9 @@ def read_config_mapping(path: str | Path) -> dict:
             f"({', '.join(recipe_names())})"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise S2AgriInputError(f"config {path} is not a text file: give a YAML or JSON file") from None
     except yaml.YAMLError as exc:
         raise S2AgriInputError(f"config {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
@@ -287,6 +294,6 @@ def load_config(path: str | Path | None) -> MappingConfig:
 
 def dump_config(config: MappingConfig, path: Path) -> None:
     """Write the resolved config (all defaults filled in) as JSON, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-    tmp.replace(path)
+    from s2agri.tasks.export import atomic_write_text
+
+    atomic_write_text(path, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")

@@ -18,7 +18,7 @@ import numpy as np
 from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
-from s2agri.tasks.export import target_grid
+from s2agri.tasks.export import atomic_write_text, target_grid
 from s2agri.tasks.metrics import SCORE_KEYS, box_confusions, pool_confusions, scores, summarise
 from s2agri.tasks.objects import (
     OBJECT_KEYS,
@@ -107,15 +107,9 @@ def summary_rows(rows: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_metrics(rows: Sequence[dict], json_path: Path, csv_path: Path | None = None) -> None:
     """``metrics.json`` (a list of rows) and optionally the same table as CSV, atomically."""
-    _atomic_write(json_path, json.dumps(list(rows), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(list(rows), indent=2) + "\n")
     if csv_path is not None:
         tmp = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
         with tmp.open("w", newline="") as handle:
@@ -212,7 +206,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         rows.extend(evaluate_boxes(find_boxes([run])))
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(rows, out / "metrics.json", out / "metrics.csv")
-    _atomic_write(out / "metrics_summary.json", json.dumps(summary_rows(rows), indent=2) + "\n")
+    atomic_write_text(out / "metrics_summary.json", json.dumps(summary_rows(rows), indent=2) + "\n")
     print(format_table(rows, summary=True))
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'metrics_summary.json'}")
     if args.quicklooks:

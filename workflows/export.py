@@ -64,9 +64,9 @@ def write_vector(parcels: gpd.GeoDataFrame, path: Path, layer: str = "parcels") 
                 if part.exists():
                     os.replace(part, path.with_suffix(suffix))
     else:
-        options = {"layer": layer} if driver == "GPKG" else {}
+        # the layer is named explicitly: FlatGeobuf and GeoJSON would otherwise take the temporary file's name
         with atomic_path(path) as tmp:
-            parcels.to_file(tmp, driver=driver, engine="pyogrio", **options)
+            parcels.to_file(tmp, driver=driver, engine="pyogrio", layer=layer)
     LOGGER.info("wrote %d parcels to %s (%s)", len(parcels), path, driver)
 
 

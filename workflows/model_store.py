@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from s2agri.models import rule
 from s2agri.models.registry import available_models, load_model, model_summary
+from s2agri.tasks.export import atomic_write_text
 from s2agri.workflows.errors import S2AgriInputError
 
 if TYPE_CHECKING:
@@ -77,9 +78,7 @@ def save_card(folder: Path, card: dict[str, Any]) -> dict[str, Any]:
         "s2agri_version": package_version(),
         **card,
     }
-    tmp = folder / f".{MODEL_CARD}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(card, indent=2, default=str) + "\n")
-    tmp.replace(folder / MODEL_CARD)
+    atomic_write_text(folder / MODEL_CARD, json.dumps(card, indent=2, default=str) + "\n")
     return card
 
 

@@ -28,7 +28,6 @@ import shutil
 import time
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from eolearn.core import EOPatch, EOWorkflow, FeatureType, SaveTask, linearly_connect_tasks
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -52,6 +51,7 @@ from s2agri.workflows.sources import (
     default_source_kind,
     parcels_kind,
     redact,
+    refuse_secret,
     split_postgres_uri,
 )
 from s2agri.workflows.validate import scan_eopatch
@@ -92,9 +92,12 @@ class PostgisExportConfig(_Strict):
     def _postgres_without_password(cls, uri: str) -> str:
         if parcels_kind(uri) != "postgis":
             raise ValueError(f"{redact(uri)} is not a postgresql:// URI")
-        if urlsplit(uri).password:
-            raise ValueError("the URI holds a password: remove it and put it in PGPASSWORD or ~/.pgpass")
-        split_postgres_uri(uri)
+        refuse_secret(uri, "put it in PGPASSWORD or ~/.pgpass")
+        from s2agri.tasks.sources.postgis import check_identifier
+
+        _, schema, table = split_postgres_uri(uri)
+        check_identifier(schema, "schema")  # refused now, not after the whole region ran
+        check_identifier(table, "table name")
         return uri
 
 
@@ -165,6 +168,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 def prepare_output(out: Path, config: RegionConfig, resume: bool) -> None:
     """Create ``out`` with its region.json, or check that an existing one was made with ``config``."""
     record = out / REGION_FILE
+    identity = config.identity()  # reads the AOI and the model card: a missing one fails before any write
     if out.exists() and any(out.iterdir()):
         if not record.is_file():
             raise S2AgriInputError(f"{out} exists and is not an s2agri region folder: choose another --out")
@@ -173,7 +177,7 @@ def prepare_output(out: Path, config: RegionConfig, resume: bool) -> None:
                 f"{out} holds an earlier run: add --resume to continue it or choose another --out"
             )
         old = json.loads(record.read_text())
-        changed = _differences(old, config.identity())
+        changed = _differences(old, identity)
         if changed:
             raise S2AgriInputError(
                 f"{out} was made with another config ({', '.join(changed[:5])} differ): "
@@ -181,7 +185,7 @@ def prepare_output(out: Path, config: RegionConfig, resume: bool) -> None:
             )
         return
     out.mkdir(parents=True, exist_ok=True)
-    write_json(record, config.identity())
+    write_json(record, identity)
 
 
 def _failed(out: Path) -> dict[str, dict]:
@@ -316,6 +320,8 @@ def run_region(
     grid = split_aoi(
         aoi, config.grid.size_m, config.grid.buffer_m, max_boxes=config.grid.max_boxes, confirm_large=yes
     )
+    if config.model not in UNTRAINED_MODELS:
+        load_trained(config.model)  # a model that cannot be read fails before any work
     prepare_output(out, config, resume)
     write_grid(grid, out / GRID_FILE, overwrite=True)
     names = list(grid["name"])

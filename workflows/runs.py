@@ -25,9 +25,10 @@ from typing import Any
 from eolearn.core import EOExecutor, EOWorkflow
 from eolearn.core.types import Feature
 
+from s2agri.tasks.export import atomic_write_text
 from s2agri.tasks.safe_io import pickled_arrays
 from s2agri.workflows.errors import S2AgriInputError
-from s2agri.workflows.validate import scan_eopatch
+from s2agri.workflows.validate import read_npy_header, scan_eopatch
 
 LOGGER = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ def staged_folder(out: Path) -> Iterator[Path]:
     """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(out)
     before = _identity(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield staging
         if _identity(out) != before:
@@ -107,6 +109,37 @@ def staged_folder(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def clean_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging folders of ``out`` (``.<name>.tmp-<pid>-*``) whose process is gone (a killed
+    run); report those of unknown origin. Returns the removed folders."""
+    removed = []
+    for folder in sorted(out.parent.glob(f".{out.name}.tmp-*")):
+        if not folder.is_dir():
+            continue
+        pid_text = folder.name[len(f".{out.name}.tmp-") :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            LOGGER.warning(
+                "%s was left by an earlier s2agri run: delete it if no run is writing %s", folder, out
+            )
+            continue
+        if _pid_alive(int(pid_text)):
+            continue  # another run is writing: never touch its files
+        shutil.rmtree(folder, ignore_errors=True)
+        LOGGER.warning("removed %s, left by a run that was killed", folder)
+        removed.append(folder)
+    return removed
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -171,6 +204,21 @@ def preflight(boxes: Sequence[Path], required: Sequence[Feature], fix: str = LAY
         missing = [f"{ftype.value}/{name}" for ftype, name in required if (ftype, name) not in present]
         if missing:
             problems.append(f"{box.name} lacks {', '.join(missing)}")
+        for ftype, name in required:
+            paths = present.get((ftype, name))
+            if not paths or not ftype.is_array() or paths[0].is_dir():
+                continue
+            try:
+                ndim = len(read_npy_header(paths[0]).shape)
+            except Exception as exc:  # unreadable header: say so instead of a traceback later
+                problems.append(
+                    f"{box.name}: {ftype.value}/{name} cannot be read ({' '.join(str(exc).split())})"
+                )
+                continue
+            if ndim != ftype.ndim():
+                problems.append(
+                    f"{box.name}: {ftype.value}/{name} has {ndim} dimensions, expected {ftype.ndim()}"
+                )
     if problems:
         more = f" (and {len(problems) - _LISTED} more boxes)" if len(problems) > _LISTED else ""
         raise S2AgriInputError(f"{'; '.join(problems[:_LISTED])}{more}: {fix}")
@@ -304,6 +352,4 @@ def execute(
 
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON at ``path``, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -31,6 +31,7 @@ from eolearn.core import EOTask
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from s2agri.tasks import contract
+from s2agri.tasks.secrets import redact_uri, uri_secret
 from s2agri.workflows.errors import S2AgriInputError
 
 SOURCE_KINDS = ("simulator", "sentinelhub", "stac")
@@ -95,11 +96,21 @@ class SentinelHubSource(_TimeSeriesSource):
     profile: str | None = Field(None, description="sentinelhub-py configuration profile with the credentials")
     max_threads: int = Field(4, ge=1, le=32)
 
+    @field_validator("base_url", "token_url")
+    @classmethod
+    def _no_secret(cls, url: str | None) -> str | None:
+        return refuse_secret(url, "set SH_CLIENT_ID and SH_CLIENT_SECRET (or use a sentinelhub-py profile)")
+
 
 class StacSource(_TimeSeriesSource):
     kind: Literal["stac"]
     catalog: str = Field(EARTH_SEARCH, description="STAC API root or static catalog.json (URL or path)")
     collection: str = "sentinel-2-l2a"
+
+    @field_validator("catalog")
+    @classmethod
+    def _no_secret(cls, url: str) -> str:
+        return refuse_secret(url, "use a catalog that needs no credentials in its URL")
 
 
 SourceConfig = Annotated[SimulatorSource | SentinelHubSource | StacSource, Field(discriminator="kind")]
@@ -119,11 +130,21 @@ class ParcelsConfig(_Strict):
     @field_validator("uri")
     @classmethod
     def _no_password(cls, uri: str) -> str:
-        if _is_postgres(uri) and urlsplit(uri).password:
-            raise ValueError(
-                "the PostgreSQL URI holds a password: remove it and put it in PGPASSWORD or ~/.pgpass"
-            )
-        return uri
+        return refuse_secret(
+            uri, "put it in PGPASSWORD or ~/.pgpass (PostgreSQL) or the source's credential store"
+        )
+
+
+def refuse_secret(url: str | None, fix: str) -> Any:
+    """``url`` unless it holds a secret (:func:`s2agri.tasks.secrets.uri_secret`): then a ``ValueError``
+    ending in ``fix``."""
+    where = None if url is None else uri_secret(url)
+    if where:
+        raise ValueError(
+            f"the URL holds a secret ({where}), which would be written to configs, reports and logs: "
+            f"remove it and {fix}"
+        )
+    return url
 
 
 def default_source_kind(data: Any) -> Any:
@@ -198,12 +219,8 @@ def parcels_kind(uri: str) -> Literal["geodb", "postgis", "file"]:
 
 
 def redact(uri: str) -> str:
-    """A URI with its password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A URI with its secrets replaced by ``***`` (for messages and logs): :func:`redact_uri`."""
+    return redact_uri(uri)
 
 
 def split_postgres_uri(uri: str) -> tuple[str, str, str]:

@@ -57,17 +57,20 @@ def load_samples(path: Path) -> SampleSet:
         )
 
 
-#: Thresholds tried when choosing the decision threshold on validation boxes.
-THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+#: Thresholds tried when choosing the decision threshold on validation boxes: a model fitted on fewer
+#: boxes is more confident than the final one, so extreme choices would not carry over to it.
+THRESHOLD_GRID = np.round(np.arange(0.2, 0.801, 0.01), 2)
+#: Boxes needed to hold some out for the threshold (at least two remain to fit on).
+MIN_BOXES_FOR_THRESHOLD = 3
 
 
 def validation_boxes(names: Sequence[str], fraction: float) -> list[str]:
-    """``round(fraction * n)`` boxes (at least 1, leaving at least 1) spread evenly over the sorted names;
-    none when ``fraction`` is 0 or there are fewer than 2 boxes."""
+    """``round(fraction * n)`` boxes (at least 1, leaving at least 2) spread evenly over the sorted names;
+    none when ``fraction`` is 0 or there are fewer than :data:`MIN_BOXES_FOR_THRESHOLD` boxes."""
     names = sorted(names)
-    if fraction <= 0 or len(names) < 2:
+    if fraction <= 0 or len(names) < MIN_BOXES_FOR_THRESHOLD:
         return []
-    n_val = min(len(names) - 1, max(1, round(fraction * len(names))))
+    n_val = min(len(names) - 2, max(1, round(fraction * len(names))))
     picks = np.round(np.linspace(0, len(names) - 1, n_val + 2)[1:-1]).astype(int)
     return [names[i] for i in sorted(set(picks.tolist()))]
 

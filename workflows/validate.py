@@ -285,6 +285,15 @@ def _check_timestamps(files: EOPatchFiles, violations: list[Violation]) -> int |
                     TIMESTAMPS, f"not in increasing order (index {backwards} precedes index {backwards - 1})"
                 )
             )
+        repeated = sorted({str(stamp) for i, stamp in enumerate(stamps) if stamp in stamps[:i]})
+        if repeated:
+            violations.append(
+                Violation(
+                    TIMESTAMPS,
+                    f"{len(repeated)} acquisition time(s) repeated ({', '.join(repeated[:3])}): merge the frames of "
+                    "one acquisition into one",
+                )
+            )
     return len(stamps)
 
 
@@ -362,6 +371,10 @@ def _check_consistency(
     input_hw: tuple[int, int] | None = None
     if sizes:
         ref_path, input_hw = _reference_value(sizes)
+        if min(input_hw) == 0:
+            violations.append(
+                Violation(ref_path, f"size {_size(input_hw)} (H x W): a box needs at least 1 x 1 px")
+            )
         for path, hw in sizes.items():
             if hw != input_hw:
                 violations.append(

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PostgisParcelsTask",
     "UploadParcelsTask",
+    "check_identifier",
     "read_parcels_postgis",
     "redact_dsn",
     "upload_parcels",
@@ -78,6 +79,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _POLYGON, _MULTIPOLYGON = 3, 6  # shapely type ids
 _PAGE_SIZE = 500  # rows per INSERT statement
 _LISTED = 20  # tables named in an "unknown table" message
+#: Server-side limit of one SQL statement (a parcel query of a box, an upload page).
+STATEMENT_TIMEOUT_S = 300.0
 
 
 def _require() -> None:
@@ -85,7 +88,7 @@ def _require() -> None:
         raise S2AgriInputError("PostGIS access needs psycopg2: pip install 's2agri[postgis]'")
 
 
-def _identifier(name: object, what: str) -> str:
+def check_identifier(name: object, what: str) -> str:
     """``name`` if it is a plain SQL identifier, else an S2AgriInputError (nothing is executed)."""
     if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         hint = "; give the schema with schema=..." if what == "table name" else ""
@@ -139,8 +142,19 @@ def _connect_message(exc: Exception, where: str, password: str | None, timeout_s
 
 
 @contextmanager
-def _connect(dsn: str, connect_timeout_s: float, *, readonly: bool = False) -> Iterator[connection]:
-    """A connection (closed at the end); connection failures become one-line S2AgriSourceErrors."""
+def _connect(
+    dsn: str,
+    connect_timeout_s: float,
+    *,
+    readonly: bool = False,
+    statement_timeout_s: float | None = None,
+) -> Iterator[connection]:
+    """A connection (closed at the end); connection failures become one-line S2AgriSourceErrors.
+
+    Every statement is cancelled by the server after ``statement_timeout_s`` (default
+    :data:`STATEMENT_TIMEOUT_S`), and TCP keepalives
+    notice a server that vanished, so no call waits for ever once connected either.
+    """
     _require()
     if not isinstance(dsn, str) or not dsn.strip():
         raise S2AgriInputError("no PostGIS DSN: give a libpq URI like postgresql://user@host:5432/db")
@@ -155,7 +169,16 @@ def _connect(dsn: str, connect_timeout_s: float, *, readonly: bool = False) -> I
         ) from None
     timeout = max(2, int(np.ceil(connect_timeout_s)))  # libpq's minimum is 2 s
     try:
-        conn = psycopg2.connect(dsn, connect_timeout=timeout, application_name="s2agri")
+        conn = psycopg2.connect(
+            dsn,
+            connect_timeout=timeout,
+            application_name="s2agri",
+            options=f"-c statement_timeout={int((statement_timeout_s or STATEMENT_TIMEOUT_S) * 1000)}",
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
     except psycopg2.OperationalError as exc:
         raise S2AgriSourceError(_connect_message(exc, where, password, timeout)) from None
     try:
@@ -173,6 +196,11 @@ def _server_error(exc: psycopg2.Error, where: str, action: str) -> S2AgriInputEr
         return S2AgriSourceError(f"PostGIS {where}: {action}: {detail}: ask for the privileges (GRANT)")
     if isinstance(exc, psycopg2.DataError | psycopg2.IntegrityError):
         return S2AgriInputError(f"PostGIS {where}: {action}: {detail}: fix these values")
+    if isinstance(exc, psycopg2.errors.QueryCanceled):
+        return S2AgriSourceError(
+            f"PostGIS {where}: {action}: no result within the statement time-out ({detail}): "
+            "check the server's load and the table's spatial index, then retry"
+        )
     if isinstance(exc, psycopg2.OperationalError):
         return S2AgriSourceError(f"PostGIS {where}: {action}: {detail}: check the server and retry")
     return S2AgriSourceError(f"PostGIS {where}: {action}: {detail}")
@@ -266,12 +294,12 @@ def read_parcels_postgis(
     ``geometry_column``: default, the table's only geometry column. ``id_column`` and
     ``label_column`` are renamed to ``id`` and ``label``. Rows come ordered by id.
     """
-    schema = _identifier(schema, "schema")
-    table = _identifier(table, "table name")
-    id_column = _identifier(id_column, "id_column")
-    label_column = _identifier(label_column, "label_column")
+    schema = check_identifier(schema, "schema")
+    table = check_identifier(table, "table name")
+    id_column = check_identifier(id_column, "id_column")
+    label_column = check_identifier(label_column, "label_column")
     if geometry_column is not None:
-        geometry_column = _identifier(geometry_column, "geometry_column")
+        geometry_column = check_identifier(geometry_column, "geometry_column")
     if not isinstance(bbox, BBox):
         raise S2AgriInputError(f"bbox must be a sentinelhub.BBox, not {type(bbox).__name__}")
     crs = bbox.crs.pyproj_crs()
@@ -395,13 +423,13 @@ class PostgisParcelsTask(EOTask):
     ):
         self.private_task_config.init_args["dsn"] = repr(redact_dsn(dsn))  # eo-learn reports show these
         self.dsn = dsn
-        self.table = _identifier(table, "table name")
-        self.schema = _identifier(schema, "schema")
+        self.table = check_identifier(table, "table name")
+        self.schema = check_identifier(schema, "schema")
         self.geometry_column = (
-            None if geometry_column is None else _identifier(geometry_column, "geometry_column")
+            None if geometry_column is None else check_identifier(geometry_column, "geometry_column")
         )
-        self.id_column = _identifier(id_column, "id_column")
-        self.label_column = _identifier(label_column, "label_column")
+        self.id_column = check_identifier(id_column, "id_column")
+        self.label_column = check_identifier(label_column, "label_column")
         self.output_feature = self.parse_feature(
             output_feature, allowed_feature_types=[FeatureType.VECTOR_TIMELESS]
         )
@@ -485,10 +513,10 @@ def _prepare(parcels: gpd.GeoDataFrame, srid: int | None) -> _Upload:
     srid = int(srid)
     if parcels.crs.to_epsg() != srid:
         parcels = parcels.to_crs(epsg=srid)
-    geometry_column = _identifier(parcels.geometry.name, "geometry column")
+    geometry_column = check_identifier(parcels.geometry.name, "geometry column")
     names = [name for name in parcels.columns if name != geometry_column]
     for name in names:
-        _identifier(name, "parcel column")
+        check_identifier(name, "parcel column")
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise S2AgriInputError(f"the parcels have duplicated columns {duplicated}: rename them")
@@ -546,8 +574,8 @@ def _upload(
 ) -> int:
     """:func:`upload_parcels`; ``replace_box=(column, value)`` first deletes those rows (same transaction)."""
     _require()
-    schema = _identifier(schema, "schema")
-    table = _identifier(table, "table name")
+    schema = check_identifier(schema, "schema")
+    table = check_identifier(table, "table name")
     upload = _prepare(parcels, srid)
     with _connect(dsn, connect_timeout_s) as conn:
         where = redact_dsn(dsn)
@@ -697,10 +725,10 @@ class UploadParcelsTask(EOTask):
     ):
         self.private_task_config.init_args["dsn"] = repr(redact_dsn(dsn))  # eo-learn reports show these
         self.dsn = dsn
-        self.table = _identifier(table, "table name")
-        self.schema = _identifier(schema, "schema")
+        self.table = check_identifier(table, "table name")
+        self.schema = check_identifier(schema, "schema")
         self.feature = self.parse_feature(feature, allowed_feature_types=[FeatureType.VECTOR_TIMELESS])
-        self.box_column = _identifier(box_column, "box_column")
+        self.box_column = check_identifier(box_column, "box_column")
         self.box_id = box_id
         self.srid = srid
         self.connect_timeout_s = connect_timeout_s

@@ -53,6 +53,7 @@ from sentinelhub.exceptions import (
 from sentinelhub.types import RawTimeIntervalType
 
 from s2agri.tasks import contract
+from s2agri.tasks.secrets import redact_uri, uri_secret
 from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
 
 LOGGER = logging.getLogger(__name__)
@@ -148,7 +149,15 @@ def sentinelhub_config(
         url = value or os.environ.get(env)
         if url:
             if not url.startswith(("http://", "https://")):
-                raise S2AgriInputError(f"Sentinel Hub URL {url!r} ({env}): give an http:// or https:// URL")
+                raise S2AgriInputError(
+                    f"Sentinel Hub URL {redact_uri(url)!r} ({env}): give an http:// or https:// URL"
+                )
+            where = uri_secret(url)
+            if where:
+                raise S2AgriInputError(
+                    f"Sentinel Hub URL {redact_uri(url)} ({env}) holds a secret ({where}), which would be "
+                    f"written to reports and logs: remove it and set {ENV_CLIENT_ID} and {ENV_CLIENT_SECRET}"
+                )
             setattr(config, field, url.rstrip("/"))
     config.download_timeout_seconds = float(timeout_s)
     config.max_download_attempts = int(max_attempts)
