@@ -5,7 +5,7 @@ VENV_PY := $(VENV)/bin/python
 PIP := $(VENV_PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint format clean distclean
+.PHONY: install postgis demo test bench lint format clean distclean
 
 install: $(STAMP)
 
@@ -20,7 +20,11 @@ $(STAMP): setup.py constraints.txt pyproject.toml
 demo: install
 	$(VENV)/bin/s2agri demo --out demo-out --overwrite
 
-test: install
+# PostgreSQL + PostGIS for the PostGIS tests (they skip, saying why, where it cannot be installed).
+postgis:
+	@bash .ci/install-postgis
+
+test: install postgis
 	$(VENV_PY) -m pytest -q tests
 
 bench: install

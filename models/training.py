@@ -50,7 +50,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 (torch convention)
 
@@ -61,6 +60,7 @@ from tqdm import tqdm
 from s2agri.tasks.metrics import Confusion, accuracy, f1, mcc
 
 from .registry import create_model, get_constructor
+from .trainer_config import TrainerConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -100,32 +100,6 @@ CSV_COLUMNS: tuple[str, ...] = (
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS_CSV = "metrics.csv"
-
-
-class TrainerConfig(BaseModel):
-    """Hyper-parameters of :class:`Trainer` (defaults: seed 000's recipe)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(1e-3, ge=0.0, description="Adam learning rate")
-    batch_size: int = Field(100, ge=1, description="patches per batch (the caller builds the loaders)")
-    max_epochs: int = Field(100, ge=1)
-    patience: int = Field(12, ge=1, description="stop after this many epochs without a better val loss")
-    weighted_loss: bool = Field(True, description="BCE weighted by the item weight; False: weight only masks")
-    seed: int = Field(0, ge=0)
-    device: str = "cpu"
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads during fit (None: unchanged)")
-    grad_clip: float | None = Field(None, gt=0.0, description="max gradient L2 norm (None: no clipping)")
-    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms during fit")
-
-    @field_validator("device")
-    @classmethod
-    def _valid_device(cls, value: str) -> str:
-        try:
-            torch.device(value)
-        except (RuntimeError, ValueError) as error:
-            raise ValueError(f"invalid torch device {value!r}: {error}") from None
-        return value
 
 
 @dataclass

@@ -53,6 +53,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         Path(f"{tmp}{side}").unlink(missing_ok=True)
 
 
+#: GeoPackage version written: 1.2 opens without warnings in GDAL >= 2.2 and QGIS 3.x (GDAL 3.6 and
+#: QGIS 3.22 warn about the 1.4 that newer GDAL writes by default).
+GPKG_VERSION = "1.2"
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`: all of it or nothing, no leftover."""
     with atomic_path(path) as tmp:

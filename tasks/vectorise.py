@@ -22,7 +22,7 @@ from eolearn.core.types import Feature
 from scipy import ndimage
 from skimage.measure import label
 
-from .export import atomic_path, target_grid
+from .export import GPKG_VERSION, atomic_path, target_grid
 from .instances import PRED_INSTANCES
 from .prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA, box_name, feature_array
 
@@ -234,6 +234,8 @@ def export_parcels(
         )
     merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
     with atomic_path(path) as tmp:
-        merged.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
+        merged.to_file(
+            tmp, layer=layer, driver="GPKG", engine="pyogrio", dataset_options={"VERSION": GPKG_VERSION}
+        )
     LOGGER.info("wrote %d parcels to %s", len(merged), path)
     return merged

@@ -102,6 +102,21 @@ def test_verbose_sets_the_log_level(write_eopatch: Callable[..., Path]) -> None:
     assert logging.getLogger("s2agri").level == logging.INFO
     assert cli.main(["-vv", "validate", patch]) == 0
     assert logging.getLogger("s2agri").level == logging.DEBUG
+    # after the command too, as analysts type it; counts before and after add up
+    assert cli.main(["validate", patch, "-v"]) == 0
+    assert logging.getLogger("s2agri").level == logging.INFO
+    assert cli.main(["-v", "validate", "-v", patch]) == 0
+    assert logging.getLogger("s2agri").level == logging.DEBUG
+    for argv in (["-q", "validate", patch], ["validate", patch, "--quiet"], ["-vv", "validate", patch, "-q"]):
+        assert cli.main(argv) == 0
+        assert logging.getLogger("s2agri").level == logging.ERROR, argv
+
+
+def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["simulate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "parallel worker processes (default: 1)" in text and "-q, --quiet log errors only" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 # --- simulate --------------------------------------------------------------------------------------
@@ -191,3 +206,10 @@ def test_console_script_version() -> None:
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120, check=False)
     assert (result.returncode, result.stdout.strip()) == (0, f"s2agri {version('s2agri')}")
     assert result.stderr == ""
+
+
+def test_the_parser_does_not_import_torch() -> None:
+    """--help and --version took 5 s because building the parser imported torch."""
+    code = "import sys; from s2agri.workflows import cli; cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

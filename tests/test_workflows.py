@@ -341,6 +341,19 @@ def test_evaluate_matches_hand_scores(run: Path, capsys) -> None:
     assert (run / "quicklooks" / "box-003.png").stat().st_size > 1000
 
 
+def test_evaluate_names_two_runs_of_one_model_by_their_folders(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    again = tmp_path / "run-again"
+    shutil.copytree(run, again)
+    out = tmp_path / "compare"
+    assert cli.main(["evaluate", str(run), str(again), "--out", str(out)]) == 0
+    rows = json.loads((out / "metrics.json").read_text())
+    assert {r["model"] for r in rows} == {"lightgbm (run)", "lightgbm (run-again)"}
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert set(summary) == {"lightgbm (run)", "lightgbm (run-again)"}
+
+
 def test_evaluate_needs_out_for_several_runs(run: Path, capsys) -> None:
     assert cli.main(["evaluate", str(run), str(run)]) == 2
     assert "add --out DIR" in capsys.readouterr().err
@@ -352,8 +365,19 @@ def test_export_formats_round_trip(run: Path, tmp_path: Path, name: str) -> None
     assert cli.main(["export", str(run), "--parcels", str(path)]) == 0
     expected = gpd.read_file(run / "parcels.gpkg", layer="parcels")
     got = gpd.read_parquet(path) if name.endswith(".parquet") else gpd.read_file(path)
+    if name.endswith(".geojson"):  # RFC 7946: WGS84 longitude / latitude
+        assert got.crs.to_epsg() == 4326 and got.total_bounds[0] > 10 and got.total_bounds[1] > 40
+        got = got.to_crs(32633)
     assert len(got) == len(expected) and got.crs.to_epsg() == 32633
-    assert np.allclose(got.area.sum(), expected.area.sum())
+    # RFC 7946 GeoJSON keeps 7 decimals of degrees (about 1 cm)
+    assert np.allclose(got.area.sum(), expected.area.sum(), rtol=1e-4 if name.endswith(".geojson") else 1e-9)
+    if name.endswith(".shp"):  # dBASE names: at most 10 characters, none truncated blindly
+        assert "perim_m" in got.columns and np.allclose(got["perim_m"], expected["perimeter_m"])
+    if name.endswith(".gpkg"):
+        import sqlite3
+
+        with sqlite3.connect(path) as db:  # GeoPackage 1.2: application_id GPKG, user_version 10200
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 10200
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     if not name.endswith((".parquet", ".shp")):  # a Shapefile's layer is its file name
         import pyogrio

@@ -173,7 +173,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from s2agri.workflows import demo
+    from s2agri.workflows import demo_settings as demo
 
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for everything the demo writes")
     parser.add_argument("--seed", type=int, default=demo.DEFAULT_SEED, help="simulation seed")
@@ -358,6 +358,21 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default after its help when it has a meaningful one (not None, False, 0-count)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+            or isinstance(action, argparse._CountAction)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
@@ -368,9 +383,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log progress to stderr (-v info, -vv debug)"
     )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    # the same options after the command (s2agri predict ... -v); their own names so neither overrides the other
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument(
+        "-v", "--verbose", dest="verbose_after", action="count", default=argparse.SUPPRESS,
+        help="log progress to stderr (-v info, -vv debug)",
+    )  # fmt: skip
+    after.add_argument(
+        "-q",
+        "--quiet",
+        dest="quiet_after",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log errors only",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            parents=[after],
+            formatter_class=_DefaultsHelpFormatter,
+        )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     return parser
@@ -388,9 +424,25 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def verbosity(args: argparse.Namespace) -> int:
+    """-1 with ``--quiet``, else the number of ``-v`` before and after the command."""
+    if getattr(args, "quiet", False) or getattr(args, "quiet_after", False):
+        return -1
+    return int(getattr(args, "verbose", 0)) + int(getattr(args, "verbose_after", 0))
+
+
 def configure_logging(verbosity: int) -> None:
-    """WARNING by default, INFO with ``-v``, DEBUG with ``-vv``; messages go to stderr."""
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    """WARNING by default, INFO with ``-v``, DEBUG with ``-vv``, ERROR with ``--quiet`` (-1); messages
+    go to stderr."""
+    level = (
+        logging.ERROR
+        if verbosity < 0
+        else logging.WARNING
+        if verbosity == 0
+        else logging.INFO
+        if verbosity == 1
+        else logging.DEBUG
+    )
     handler = _StderrHandler()
     # the handler filters, not only the logger: eo-learn's EOExecutor lowers the root logger to DEBUG
     handler.setLevel(level)
@@ -413,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and argparse usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_INPUT_ERROR)
-    configure_logging(args.verbose)
+    configure_logging(verbosity(args))
     # a log record that cannot be written (full disk) is dropped, not printed with a traceback each time
     raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
     try:

@@ -20,7 +20,7 @@ from s2agri.models.names import (  # noqa: F401 (re-exported)
     PIXEL_MODELS,
     TRAINABLE_MODELS,
 )
-from s2agri.models.training import TrainerConfig
+from s2agri.models.trainer_config import TrainerConfig
 from s2agri.workflows.errors import S2AgriInputError
 
 

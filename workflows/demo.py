@@ -25,6 +25,7 @@ from pathlib import Path
 
 from s2agri.tasks import contract
 from s2agri.workflows.config import MappingConfig, load_config
+from s2agri.workflows.demo_settings import DEFAULT_SEED, DEFAULT_SIZE, DEFAULT_TEST, DEFAULT_TRAIN
 from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.evaluate import evaluate_boxes, format_table, quicklook, summary_rows, write_metrics
 from s2agri.workflows.model_store import load_trained
@@ -34,8 +35,6 @@ from s2agri.workflows.simulate import box_name, simulate_region
 from s2agri.workflows.train import train_model
 
 LOGGER = logging.getLogger(__name__)
-
-DEFAULT_SEED, DEFAULT_SIZE, DEFAULT_TRAIN, DEFAULT_TEST = 0, 250, 4, 2
 
 
 def run_demo(

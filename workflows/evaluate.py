@@ -201,9 +201,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.out is None and len(runs) > 1:
         raise S2AgriInputError("several runs given: add --out DIR for the metrics files")
     out = Path(args.out) if args.out is not None else runs[0]
+    per_run = [evaluate_boxes(find_boxes([run])) for run in runs]
+    models = [{row["model"] for row in rows} for rows in per_run]
+    shared = {m for i, names in enumerate(models) for m in names if any(m in o for o in models[i + 1 :])}
     rows = []
-    for run in runs:
-        rows.extend(evaluate_boxes(find_boxes([run])))
+    for run, run_rows in zip(runs, per_run, strict=True):
+        for row in run_rows:  # two runs of one model get told apart by their folder
+            if row["model"] in shared:
+                row["model"] = f"{row['model']} ({run.name})"
+        rows.extend(run_rows)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(rows, out / "metrics.json", out / "metrics.csv")
     atomic_write_text(out / "metrics_summary.json", json.dumps(summary_rows(rows), indent=2) + "\n")

@@ -1,7 +1,8 @@
 """``s2agri export``: predicted parcels and rasters of EOPatches to GIS files.
 
-The vector format follows the file extension: ``.gpkg`` (GeoPackage), ``.geojson``/``.json``,
-``.fgb`` (FlatGeobuf), ``.parquet`` (GeoParquet) and ``.shp`` (ESRI Shapefile). Every file is
+The vector format follows the file extension: ``.gpkg`` (GeoPackage 1.2), ``.geojson``/``.json``
+(RFC 7946: reprojected to WGS84), ``.fgb`` (FlatGeobuf), ``.parquet`` (GeoParquet) and ``.shp``
+(ESRI Shapefile; ``perimeter_m`` is ``perim_m`` there, dBASE names have 10 characters). Every file is
 written under a temporary name and renamed into place (for a Shapefile, each of its side files).
 Rasters are the submission GeoTIFFs and probability COGs of the prediction tasks.
 """
@@ -19,7 +20,7 @@ import geopandas as gpd
 import pandas as pd
 from eolearn.core import EOPatch, FeatureType
 
-from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask, atomic_path
+from s2agri.tasks.export import GPKG_VERSION, ProbabilityCogTask, SubmissionTiffTask, atomic_path
 from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
 from s2agri.tasks.vectorise import PARCELS_PRED
 from s2agri.workflows.errors import S2AgriInputError
@@ -37,6 +38,8 @@ VECTOR_FORMATS: dict[str, tuple[str, bool]] = {
     ".shp": ("ESRI Shapefile", False),
 }
 _SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
+#: Shapefile (dBASE) field names have at most 10 characters: longer parcel columns get these names.
+SHAPEFILE_COLUMNS = {"perimeter_m": "perim_m"}
 
 
 def vector_format(path: Path) -> tuple[str, bool]:
@@ -57,16 +60,23 @@ def write_vector(parcels: gpd.GeoDataFrame, path: Path, layer: str = "parcels") 
         with atomic_path(path) as tmp:
             parcels.to_parquet(tmp)
     elif driver == "ESRI Shapefile":
+        renamed = parcels.rename(columns=SHAPEFILE_COLUMNS)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.tmp-") as tmp_dir:
-            parcels.to_file(Path(tmp_dir) / path.name, driver=driver, engine="pyogrio")
+            renamed.to_file(Path(tmp_dir) / path.name, driver=driver, engine="pyogrio")
             for suffix in _SHAPEFILE_PARTS:
                 part = Path(tmp_dir) / f"{path.stem}{suffix}"
                 if part.exists():
                     os.replace(part, path.with_suffix(suffix))
     else:
         # the layer is named explicitly: FlatGeobuf and GeoJSON would otherwise take the temporary file's name
+        options: dict = {}
+        if driver == "GeoJSON":  # RFC 7946: WGS84 longitude/latitude, right-hand rings
+            parcels = parcels.to_crs(4326)
+            options["layer_options"] = {"RFC7946": "YES"}
+        elif driver == "GPKG":
+            options["dataset_options"] = {"VERSION": GPKG_VERSION}
         with atomic_path(path) as tmp:
-            parcels.to_file(tmp, driver=driver, engine="pyogrio", layer=layer)
+            parcels.to_file(tmp, driver=driver, engine="pyogrio", layer=layer, **options)
     LOGGER.info("wrote %d parcels to %s (%s)", len(parcels), path, driver)
 
 
