@@ -85,4 +85,8 @@ def test_metrics_files_table_and_quicklook(tmp_path) -> None:
     assert "weighted_mcc" in text.splitlines()[0] and "pooled" in text
     quicklook(folder, tmp_path / "box-000.png")
     assert (tmp_path / "box-000.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(tmp_path / "box-000.png") as image:  # large enough to read (was 900 x 324)
+        assert image.size == (1900, 720)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

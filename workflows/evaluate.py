@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import shapely
 from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
@@ -140,6 +141,8 @@ def _quicklook_patch(folder: Path) -> EOPatch:
     """The masks of ``folder`` and the bands of the box: its own, else those of the EOPatch it was
     predicted from (``meta_info["input_eopatch"]``, written by the prediction workflow)."""
     masks = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED]
+    if PARCELS_PRED in scan_eopatch(folder).features:
+        masks.append(PARCELS_PRED)
     bands = [contract.BANDS, contract.CLM, contract.IS_DATA]
     patch = EOPatch.load(str(folder), features=[*masks, FeatureType.META_INFO])
     candidates = [folder] if contract.BANDS in scan_eopatch(folder).features else []
@@ -160,35 +163,89 @@ def _quicklook_patch(folder: Path) -> EOPatch:
     return patch
 
 
-def quicklook(folder: Path, path: Path) -> None:
-    """RGB frame, truth, and prediction with false positives red and false negatives yellow."""
-    patch = _quicklook_patch(folder)
-    clear = (patch[contract.IS_DATA][..., 0] & (patch[contract.CLM][..., 0] == 0)).mean(axis=(1, 2))
-    t = int(np.argmax(clear))
+#: Quicklook RGB: the median of the clear observations of this part of the season (green crops).
+PEAK_SEASON = ("05-15", "08-01")
+#: Colours of the prediction panel.
+QUICKLOOK_COLOURS = {
+    "correct": (0.1, 0.5, 0.1),
+    "false positive": (0.9, 0.1, 0.1),
+    "false negative": (1.0, 0.85, 0.0),
+    "not declared": (0.7, 0.7, 0.7),
+}
+
+
+def peak_season_rgb(patch: EOPatch) -> tuple[np.ndarray, str]:
+    """(H, W, 3) reflectance of B04/B03/B02: the per-pixel median of the clear observations of
+    :data:`PEAK_SEASON` (all clear observations when none falls in it), and a caption of what it shows."""
+    from s2agri.tasks.monthly import masked_median
+    from s2agri.tasks.seasonal import window_of_frames
+
     b = contract.BAND_INDEX
-    rgb = (
-        patch[contract.BANDS][t][..., [b["B04"], b["B03"], b["B02"]]].astype(np.float32)
-        * contract.NORM_FACTOR
-    )
+    clear = patch[contract.IS_DATA][..., 0] & (patch[contract.CLM][..., 0] == 0)
+    frames = np.flatnonzero(window_of_frames(patch.timestamps, 1, *PEAK_SEASON) == 0)
+    caption = f"RGB median {PEAK_SEASON[0]}..{PEAK_SEASON[1]}"
+    if frames.size == 0 or not clear[frames].any():
+        frames, caption = np.arange(len(patch.timestamps)), "RGB median of the season"
+    bands = patch[contract.BANDS][frames][..., [b["B04"], b["B03"], b["B02"]]].astype(np.float32)
+    rgb, _ = masked_median(bands * np.float32(contract.NORM_FACTOR), clear[frames])
+    return np.nan_to_num(rgb, nan=0.0), f"{caption} ({frames.size} frames, 10 m)"
+
+
+def _scale_bar(ax: plt.Axes, width_px: int, pixel_m: float) -> None:
+    """A bar of a round length (about a fifth of the width) in the lower left corner."""
+    target = width_px * pixel_m / 5
+    length_m = max(v for v in (10, 25, 50, 100, 250, 500, 1000, 2000, 5000) if v <= max(target, 10))
+    length_px = length_m / pixel_m
+    x0, y0 = width_px * 0.04, width_px * 0.95
+    ax.plot([x0, x0 + length_px], [y0, y0], color="black", linewidth=4, solid_capstyle="butt")
+    ax.plot([x0, x0 + length_px], [y0, y0], color="white", linewidth=2, solid_capstyle="butt")
+    ax.text(x0 + length_px / 2, y0 - width_px * 0.02, f"{length_m:g} m", ha="center", va="bottom",
+            fontsize=11, color="black", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})  # fmt: skip
+
+
+def quicklook(folder: Path, path: Path) -> None:
+    """Peak-season RGB, truth, and the prediction (false positives red, false negatives yellow) with the
+    outlines of the predicted parcels; a legend and a scale bar."""
+    from matplotlib.patches import Patch
+
+    patch = _quicklook_patch(folder)
+    rgb, caption = peak_season_rgb(patch)
     truth, pred = patch[contract.CULTIVATED][..., 0], patch[PRED_CULTIVATED][..., 0]
     colours = np.ones((*truth.shape, 3))
-    colours[truth & pred] = (0.1, 0.5, 0.1)
-    colours[~truth & pred] = (0.9, 0.1, 0.1)  # false positive: red
-    colours[truth & ~pred] = (1.0, 0.85, 0.0)  # false negative: yellow
-    colours[patch[contract.NOT_DECLARED][..., 0]] = (0.7, 0.7, 0.7)
+    colours[truth & pred] = QUICKLOOK_COLOURS["correct"]
+    colours[~truth & pred] = QUICKLOOK_COLOURS["false positive"]
+    colours[truth & ~pred] = QUICKLOOK_COLOURS["false negative"]
+    colours[patch[contract.NOT_DECLARED][..., 0]] = QUICKLOOK_COLOURS["not declared"]
     truth_rgb = np.ones((*truth.shape, 3))
-    truth_rgb[truth] = (0.1, 0.5, 0.1)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
-    axes[0].imshow(np.clip(rgb * 3.5, 0, 1))
-    axes[0].set_title(f"{folder.name}: RGB {patch.timestamps[t]:%Y-%m-%d} (10 m)")
+    truth_rgb[truth] = QUICKLOOK_COLOURS["correct"]
+    fig, axes = plt.subplots(1, 3, figsize=(19, 7.2), layout="constrained")
+    axes[0].imshow(np.clip(rgb * 3.5, 0, 1), interpolation="nearest")
+    axes[0].set_title(f"{folder.name}: {caption}", fontsize=13)
     axes[1].imshow(truth_rgb, interpolation="nearest")
-    axes[1].set_title("truth: cultivated (2.5 m)")
+    axes[1].set_title("reference: cultivated (2.5 m)", fontsize=13)
     axes[2].imshow(colours, interpolation="nearest")
-    axes[2].set_title("prediction: TP green, FP red, FN yellow, not declared grey")
-    for ax in axes:
-        ax.axis("off")
+    model = patch.meta_info.get(PRED_MODEL_KEY, "prediction")
+    axes[2].set_title(f"{model}: 2.5 m map and predicted parcels", fontsize=13)
+    parcels = patch[PARCELS_PRED] if PARCELS_PRED in patch else None  # noqa: SIM401 (an EOPatch)
+    if parcels is not None and len(parcels) and patch.bbox is not None:
+        transform, _ = target_grid(patch, truth.shape)
+        inverse = ~transform
+        for ring in shapely.get_exterior_ring(shapely.get_parts(parcels.geometry.values)):
+            x, y = shapely.get_coordinates(ring).T
+            col, row = inverse * (x, y)
+            axes[2].plot(col - 0.5, row - 0.5, color="black", linewidth=0.4)
+    pixel_m = float(contract.TARGET_RESOLUTION_M)
+    for ax, scale in zip(axes, (contract.SCALE, 1, 1), strict=True):
+        ax.set_axis_off()
+        _scale_bar(ax, truth.shape[1] // scale, pixel_m * scale)
+    legend = [
+        Patch(facecolor=colour, edgecolor="black", label=name) for name, colour in QUICKLOOK_COLOURS.items()
+    ]
+    legend.append(Patch(facecolor="white", edgecolor="black", label="predicted parcel outline"))
+    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=12, frameon=False)
+    fig.get_layout_engine().set(rect=(0, 0.07, 1, 0.93))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=60)
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
 
