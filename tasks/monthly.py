@@ -92,6 +92,21 @@ def resolve_months(timestamps: Iterable[Any], months: Sequence[int] | None = Non
     return values.astype(np.int64)
 
 
+def series_and_valid(values: np.ndarray, valid: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` as a (T, H, W, C) array and ``valid`` ((T, H, W) or (T, H, W, 1)) as a (T, H, W) bool
+    array; a ``ValueError`` names a wrong shape (``name`` is what ``values`` is called in it)."""
+    values = np.asarray(values)
+    if values.ndim != 4:
+        raise ValueError(f"{name} has shape {values.shape}: expected (T, H, W, C)")
+    T, H, W, _ = values.shape
+    valid = np.asarray(valid)
+    if valid.shape == (T, H, W, 1):
+        valid = valid[..., 0]
+    if valid.shape != (T, H, W):
+        raise ValueError(f"valid has shape {valid.shape}, {name} {values.shape}: expected {(T, H, W)}")
+    return values, valid.astype(bool, copy=False)
+
+
 def masked_median(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median over axis 0 of the valid rows: (k, H, W, C), (k, H, W) -> (H, W, C) float32, (H, W).
 
@@ -160,16 +175,8 @@ def monthly_medians(
         ``medians`` (M, H, W, C) float32 with the missing months filled, ``counts`` (M, H, W)
         uint16 valid observations per month (0: filled month).
     """
-    stack = np.asarray(stack)
-    if stack.ndim != 4:
-        raise ValueError(f"stack has shape {stack.shape}: expected (T, H, W, C)")
+    stack, valid = series_and_valid(stack, valid, "stack")
     T, H, W, C = stack.shape
-    valid = np.asarray(valid)
-    if valid.shape == (T, H, W, 1):
-        valid = valid[..., 0]
-    if valid.shape != (T, H, W):
-        raise ValueError(f"valid has shape {valid.shape}, stack {stack.shape}: expected {(T, H, W)}")
-    valid = valid.astype(bool, copy=False)
     timestamps = list(timestamps)
     if len(timestamps) != T:
         raise ValueError(f"{len(timestamps)} timestamps for {T} frames: give one per frame")

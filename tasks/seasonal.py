@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from . import contract
 from .masks import REFLECTANCE, VALID
-from .monthly import fill_missing_months, masked_median
+from .monthly import fill_missing_months, masked_median, series_and_valid
 
 LOGGER = logging.getLogger(__name__)
 
@@ -158,18 +158,9 @@ def seasonal_features(
     :param percentiles: season percentiles (0..100) of every index; empty for none.
     :param neighbourhood: odd window side of the context statistics of the index composites; 0 for none.
     """
-    reflectance = np.asarray(reflectance)
-    if reflectance.ndim != 4:
-        raise ValueError(f"reflectance has shape {reflectance.shape}: expected (T, H, W, C)")
+    reflectance, valid = series_and_valid(reflectance, valid, "reflectance")
     T, H, W, C = reflectance.shape
-    valid = np.asarray(valid)
-    if valid.shape == (T, H, W, 1):
-        valid = valid[..., 0]
-    if valid.shape != (T, H, W):
-        raise ValueError(
-            f"valid has shape {valid.shape}, reflectance {reflectance.shape}: expected {(T, H, W)}"
-        )
-    valid = valid.astype(bool, copy=False) & np.isfinite(reflectance).all(axis=-1)
+    valid = valid & np.isfinite(reflectance).all(axis=-1)
     if len(band_names) != C:
         raise ValueError(f"{len(band_names)} band names for {C} bands: name every band")
     unknown = [name for name in indices if name not in INDICES]
