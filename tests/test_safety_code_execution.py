@@ -60,14 +60,14 @@ def test_random_forest_refuses_pickles(tmp_path: Path) -> None:
     pickled = tmp_path / "model.joblib"
     import joblib
 
-    joblib.dump(_Touch(str(marker)), pickled)
+    joblib.dump(_Exploit(str(marker)), pickled)
     with pytest.raises(ValueError, match="is a pickle, which can run code"):
         load_model("random-forest", pickled)
     assert not marker.exists()
     # an .npz smuggling an object array is refused by np.load(allow_pickle=False)
     crafted = tmp_path / "crafted.npz"
     np.savez(
-        crafted, format=np.array("s2agri-forest-1"), params=np.array([_Touch(str(marker))], dtype=object)
+        crafted, format=np.array("s2agri-forest-1"), params=np.array([_Exploit(str(marker))], dtype=object)
     )
     with pytest.raises(ValueError, match="allow_pickle=False"):
         load_model("random-forest", crafted)
@@ -75,14 +75,6 @@ def test_random_forest_refuses_pickles(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="cannot be read as an s2agri forest file"):
         load_model("random-forest", tmp_path / "junk.npz")
-
-
-class _Touch:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.path),))
 
 
 def test_pickled_arrays_are_found_from_their_headers_alone(tmp_path: Path) -> None:

@@ -87,10 +87,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     try:
         yield staging
         if _identity(out) != before:
-            raise S2AgriInputError(
-                f"output {out} was written by another run while this one worked: nothing of this run was "
-                "published; run it again with another --out (or --overwrite)"
-            )
+            raise _published_meanwhile(out)
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(trash)
@@ -101,14 +98,18 @@ def staged_folder(out: Path) -> Iterator[Path]:
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if out.exists() and _identity(out) != before:
-            raise S2AgriInputError(
-                f"output {out} was written by another run while this one worked: nothing of this run was "
-                "published; run it again with another --out (or --overwrite)"
-            ) from exc
+            raise _published_meanwhile(out) from exc
         raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _published_meanwhile(out: Path) -> S2AgriInputError:
+    return S2AgriInputError(
+        f"output {out} was written by another run while this one worked: nothing of this run was "
+        "published; run it again with another --out (or --overwrite)"
+    )
 
 
 def _pid_alive(pid: int) -> bool:

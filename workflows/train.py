@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from s2agri.models.sampling import SampleAccumulator, SampleSet
+from s2agri.tasks.metrics import Confusion, mcc
 from s2agri.tasks.predict_pixel import train_pixel_model
 from s2agri.workflows.config import DEEP_MODELS, PARCEL_MODELS, MappingConfig, dump_config, load_config
 from s2agri.workflows.errors import S2AgriInputError
@@ -93,10 +94,13 @@ def choose_threshold(y: np.ndarray, proba: np.ndarray, weight: np.ndarray) -> tu
     scores = []
     for threshold in THRESHOLD_GRID:
         pred = proba >= threshold
-        tp, fp = weight[truth & pred].sum(), weight[~truth & pred].sum()
-        fn, tn = weight[truth & ~pred].sum(), weight[~truth & ~pred].sum()
-        denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        scores.append(float((tp * tn - fp * fn) / denominator) if denominator > 0 else 0.0)
+        counts = Confusion(
+            tp=float(weight[truth & pred].sum()),
+            fp=float(weight[~truth & pred].sum()),
+            fn=float(weight[truth & ~pred].sum()),
+            tn=float(weight[~truth & ~pred].sum()),
+        )
+        scores.append(mcc(counts))
     scores_array = np.asarray(scores)
     best = np.flatnonzero(scores_array >= scores_array.max() - 1e-12)
     index = best[np.argmin(np.abs(THRESHOLD_GRID[best] - 0.5))]
@@ -138,7 +142,8 @@ def select_threshold(
 ) -> tuple[float | None, dict[str, Any]]:
     """Fit on all but the validation boxes, choose the threshold on their samples (weighted MCC).
 
-    ``(None, {})`` when no box can be held out (``train.threshold_boxes`` 0, or one box).
+    ``(None, {})`` when no box can be held out (``train.threshold_boxes`` 0, or fewer than
+    :data:`MIN_BOXES_FOR_THRESHOLD` boxes).
     """
     held_out = validation_boxes(names, config.train.threshold_boxes)
     if not held_out:
