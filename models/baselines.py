@@ -26,6 +26,8 @@ import functools
 import io
 import logging
 import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +35,7 @@ from typing import Any, ClassVar
 import lightgbm as lgb
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
+from tqdm import tqdm
 
 from .forest_io import is_pickle_file, load_forest, save_forest
 from .registry import register_model
@@ -172,6 +175,40 @@ def _lightgbm_parameter_names() -> frozenset[str]:
     return frozenset(aliases) | frozenset(alias for names in aliases.values() for alias in names)
 
 
+class TreeProgress:
+    """LightGBM callback: a tqdm bar of the trees on a terminal, else an INFO line every tenth of them
+    (a fit on millions of samples takes minutes and was silent)."""
+
+    def __init__(self, n_trees: int, n_samples: int) -> None:
+        self.n_trees = max(1, int(n_trees))
+        self.n_samples = n_samples
+        self.start = time.perf_counter()
+        self.step = max(1, self.n_trees // 10)
+        self.bar = (
+            tqdm(total=self.n_trees, desc="lightgbm trees", unit="tree", leave=False)
+            if sys.stderr.isatty()
+            else None
+        )
+        self.lines: list[int] = []  #: trees at which an INFO line was logged
+
+    def __call__(self, env: Any) -> None:
+        done = env.iteration - env.begin_iteration + 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if done >= self.n_trees:
+                self.bar.close()
+            return
+        if done % self.step == 0 or done == self.n_trees:
+            self.lines.append(done)
+            LOGGER.info(
+                "lightgbm: %d/%d trees on %d samples (%.0f s)",
+                done,
+                self.n_trees,
+                self.n_samples,
+                time.perf_counter() - self.start,
+            )
+
+
 @register_model("lightgbm")
 class LightGBMPixelClassifier(PixelClassifier):
     """LightGBM gradient-boosted trees (binary objective), trained with the native ``lgb.train``.
@@ -232,7 +269,12 @@ class LightGBMPixelClassifier(PixelClassifier):
     ) -> LightGBMPixelClassifier:
         X, y, w = self._check_fit_inputs(X, y, sample_weight)
         dataset = lgb.Dataset(X, label=y, weight=w, params={"verbosity": -1}, free_raw_data=True)
-        self.booster = lgb.train(self.params, dataset, num_boost_round=self.n_estimators)
+        self.booster = lgb.train(
+            self.params,
+            dataset,
+            num_boost_round=self.n_estimators,
+            callbacks=[TreeProgress(self.n_estimators, len(y))],
+        )
         LOGGER.info(
             "lightgbm: %d trees, %d nodes on %d samples x %d features",
             self.booster.num_trees(),

@@ -298,6 +298,9 @@ class PatchDataset(Dataset):
     :param cache_boxes: prepared boxes kept in memory (LRU), about 270 MB each for 500 x 500 px, T = 40.
     :param valid_mask_task: the cloud masking (default ``ValidMaskTask()``: IS_DATA and not CLM).
     :param months: calendar months: monthly medians instead of frames (``convlstm``, ``convstar``).
+    :param patches_per_box: None: the fixed grid of each box; N: N patches per box at uniformly random
+        origins, drawn again every epoch from ``(seed, epoch, box)`` (a fixed number of samples per
+        epoch whatever the box size, and patches that straddle the grid lines).
     """
 
     def __init__(
@@ -313,7 +316,16 @@ class PatchDataset(Dataset):
         *,
         valid_mask_task: ValidMaskTask | None = None,
         months: Sequence[int] | None = None,
+        patches_per_box: int | None = None,
     ) -> None:
+        if patches_per_box is not None and (
+            isinstance(patches_per_box, bool)
+            or int(patches_per_box) != patches_per_box
+            or patches_per_box < 1
+        ):
+            raise ValueError(
+                f"patches_per_box={patches_per_box!r}: give a positive number of patches or None"
+            )
         if not isinstance(normaliser, PercentileNormaliser) or not normaliser.fitted:
             raise ValueError(
                 "normaliser must be a fitted PercentileNormaliser: fit it or load it with from_dict()"
@@ -369,11 +381,14 @@ class PatchDataset(Dataset):
                     f"{box}: {shape[1]} x {shape[2]} px is smaller than a {self.input_size} px input patch: lower patch_size"
                 )
             self.box_shapes.append(shape)
-            grid = [
-                (r, c)
-                for r in patch_starts(shape[1], self.input_size)
-                for c in patch_starts(shape[2], self.input_size)
-            ]
+            if patches_per_box is not None:
+                grid = [(0, 0)] * int(patches_per_box)  # origins drawn in set_epoch
+            else:
+                grid = [
+                    (r, c)
+                    for r in patch_starts(shape[1], self.input_size)
+                    for c in patch_starts(shape[2], self.input_size)
+                ]
             rows += [r for r, _ in grid]
             cols += [c for _, c in grid]
             owners += [b] * len(grid)
@@ -382,6 +397,19 @@ class PatchDataset(Dataset):
         self._cols = np.asarray(cols, np.int32)
         self._owners = np.asarray(owners, np.int32)
         self._offsets = offsets
+        self.patches_per_box = None if patches_per_box is None else int(patches_per_box)
+        self._draw_origins()
+
+    def _draw_origins(self) -> None:
+        """Random patch origins of this epoch (``patches_per_box`` mode only)."""
+        if self.patches_per_box is None:
+            return
+        for b, shape in enumerate(self.box_shapes):
+            rng = np.random.default_rng([self.seed, self.epoch, b, 7])
+            index = self.box_indices(b)
+            n = len(index)
+            self._rows[index.start : index.stop] = rng.integers(0, shape[1] - self.input_size + 1, n)
+            self._cols[index.start : index.stop] = rng.integers(0, shape[2] - self.input_size + 1, n)
 
     def __len__(self) -> int:
         return len(self._owners)
@@ -392,8 +420,10 @@ class PatchDataset(Dataset):
         return state
 
     def set_epoch(self, epoch: int) -> None:
-        """Sets the epoch that seeds the augmentation (call before each epoch's DataLoader iteration)."""
+        """Sets the epoch that seeds the augmentation and the random patch origins (call before each
+        epoch's DataLoader iteration)."""
         self.epoch = int(epoch)
+        self._draw_origins()
 
     def box_indices(self, box: int) -> range:
         """Dataset indices of the patches of box number ``box`` (consecutive)."""

@@ -60,14 +60,14 @@ from tqdm import tqdm
 from s2agri.tasks.metrics import Confusion, accuracy, f1, mcc
 
 from .registry import create_model, get_constructor
-from .trainer_config import TrainerConfig
+from .trainer_config import THRESHOLDS, TrainerConfig
 
 LOGGER = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
 #: Version of the checkpoint layout, stored under ``"checkpoint_version"``.
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 #: Keys every checkpoint holds; the caller's ``checkpoint_extra`` keys come on top.
 CHECKPOINT_KEYS: tuple[str, ...] = (
     "checkpoint_version",
@@ -77,6 +77,8 @@ CHECKPOINT_KEYS: tuple[str, ...] = (
     "optimizer_state",
     "epoch",
     "best_val_loss",
+    "best_score",
+    "best_threshold",
     "best_epoch",
     "epochs_without_improvement",
     "trainer_config",
@@ -93,6 +95,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "val_f1",
     "val_acc",
     "val_weighted_mcc",
+    "val_threshold",
+    "val_threshold_weighted_mcc",
     "lr",
     "epoch_seconds",
     "improved",
@@ -110,6 +114,8 @@ class History:
     best_epoch: int | None = None
     best_val_loss: float = math.inf
     stop_reason: str = ""
+    #: Decision threshold of the best epoch: its best on the validation weighted MCC (None before any epoch).
+    best_threshold: float | None = None
 
     @property
     def stopped_early(self) -> bool:
@@ -133,12 +139,18 @@ def seed_everything(seed: int) -> None:
 
 
 def masked_bce_with_logits(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, *, weighted: bool = True
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    weighted: bool = True,
+    pos_weight: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum(w * bce), sum(w))`` over all pixels; the loss is their ratio.
 
-    ``w`` is ``weight`` (``weighted=True``) or ``weight > 0`` as 0/1. Returning the two sums lets
-    callers pool a loss over many batches exactly.
+    ``w`` is ``weight`` (``weighted=True``) or ``weight > 0`` as 0/1, times ``pos_weight`` on the
+    positive pixels when given (class balance). Returning the two sums lets callers pool a loss over
+    many batches exactly.
     """
     if logits.shape != target.shape or target.shape != weight.shape:
         raise ValueError(
@@ -146,6 +158,8 @@ def masked_bce_with_logits(
             f"{tuple(weight.shape)} must have the same shape"
         )
     w = weight.to(logits.dtype) if weighted else (weight > 0).to(logits.dtype)
+    if pos_weight is not None:
+        w = w * torch.where(target > 0.5, float(pos_weight), 1.0).to(logits.dtype)
     losses = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
     return (losses * w).sum(), w.sum()
 
@@ -159,6 +173,9 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle errors come in many types
         raise ValueError(f"cannot load checkpoint {path}: {error}") from error
+    if isinstance(ckpt, dict) and ckpt.get("checkpoint_version") == 1:  # before model selection by score
+        ckpt.setdefault("best_score", -float(ckpt.get("best_val_loss", math.inf)))
+        ckpt.setdefault("best_threshold", None)
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
         raise ValueError(f"{path} is not an s2agri training checkpoint: missing {', '.join(missing)}")
@@ -215,13 +232,40 @@ def _format_csv(value: Any) -> Any:
     return value
 
 
+def _csv_row(row: Mapping[str, Any]) -> list[Any]:
+    """A history row as CSV cells (columns a checkpoint of an older version lacks are left empty)."""
+    return [_format_csv(row.get(c, "")) for c in CSV_COLUMNS]
+
+
 def _csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow([_format_csv(row[c]) for c in CSV_COLUMNS])
+        writer.writerow(_csv_row(row))
     return buffer.getvalue()
+
+
+def scheduled_lr(config: TrainerConfig, epoch: int, batch: int, n_batches: int) -> float:
+    """The learning rate of batch ``batch`` (0-based) of epoch ``epoch`` under ``config.schedule``.
+
+    A pure function of the position in the run (``max_epochs * n_batches`` steps), so a resumed run
+    follows the same curve. ``cosine``: linear warm-up from ``lr / 100`` over ``warmup_epochs``, then
+    a half cosine down to 0 at the last step. ``onecycle``: linear warm-up from ``lr / 25``, then a
+    half cosine down to ``lr / 1e4``.
+    """
+    if config.schedule == "constant":
+        return config.lr
+    total = max(1, config.max_epochs * n_batches)
+    step = epoch * n_batches + batch
+    warmup = config.warmup_epochs * n_batches
+    start, floor = (
+        (config.lr / 100, 0.0) if config.schedule == "cosine" else (config.lr / 25, config.lr / 1e4)
+    )
+    if step < warmup:
+        return start + (config.lr - start) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _set_loader_epoch(loader: Any, epoch: int) -> None:
@@ -257,6 +301,13 @@ def _set_rng_state(state: Mapping[str, Any] | None) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:
+    """Adam, or AdamW when ``config.weight_decay > 0``."""
+    if config.weight_decay > 0:
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
 
 
 @contextlib.contextmanager
@@ -334,9 +385,12 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
         self.overwrite = overwrite
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = _optimizer(self.model, config)
         self.epoch = 0  # completed epochs
         self.best_val_loss = math.inf
+        #: best selection score so far: -val loss, or the validation weighted MCC at its best threshold
+        self.best_score = -math.inf
+        self.best_threshold: float | None = None
         self.best_epoch: int | None = None
         self.epochs_without_improvement = 0
         self.history: list[dict[str, Any]] = []
@@ -408,6 +462,8 @@ class Trainer:
             group["lr"] = self.config.lr
         self.epoch = int(ckpt["epoch"])
         self.best_val_loss = float(ckpt["best_val_loss"])
+        self.best_score = float(ckpt.get("best_score", -self.best_val_loss))
+        self.best_threshold = ckpt.get("best_threshold")
         self.best_epoch = ckpt["best_epoch"]
         self.epochs_without_improvement = int(ckpt["epochs_without_improvement"])
         self.history = history
@@ -477,15 +533,21 @@ class Trainer:
         os.replace(tmp, self.metrics_path)
 
         cfg = self.config
+        if cfg.schedule != "constant" and not hasattr(train_loader, "__len__"):
+            raise ValueError(
+                f"schedule {cfg.schedule!r} needs a train loader with a length (batches per epoch)"
+            )
         LOGGER.info(
-            "training %s (%d parameters) on %s: epochs %d..%d, lr %g, patience %d",
+            "training %s (%d parameters) on %s: epochs %d..%d, lr %g (%s), patience %d on %s",
             self.model_name,
             sum(p.numel() for p in self.model.parameters()),
             self.device,
             self.epoch + 1,
             cfg.max_epochs,
             cfg.lr,
+            cfg.schedule,
             cfg.patience,
+            cfg.selection,
         )
         loader_batch = getattr(train_loader, "batch_size", None)
         if loader_batch is not None and loader_batch != cfg.batch_size:
@@ -510,6 +572,7 @@ class Trainer:
             best_epoch=self.best_epoch,
             best_val_loss=self.best_val_loss,
             stop_reason=stop_reason,
+            best_threshold=self.best_threshold,
         )
 
     def _run_epoch(self, train_loader: Iterable[Any], val_loader: Iterable[Any]) -> None:
@@ -523,6 +586,7 @@ class Trainer:
         self.model.train()
         loss_sum = 0.0
         weight_sum = 0.0
+        n_batches = len(train_loader) if cfg.schedule != "constant" else 1  # type: ignore[arg-type]
         bar = tqdm(
             train_loader,
             desc=f"epoch {index + 1}/{cfg.max_epochs}",
@@ -530,10 +594,15 @@ class Trainer:
             leave=False,
             disable=not self.progress,
         )
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            if cfg.schedule != "constant":
+                for group in self.optimizer.param_groups:
+                    group["lr"] = scheduled_lr(cfg, index, step, n_batches)
             x, y, w = _unpack(batch, self.device)
             logits = self.model(x)
-            batch_loss, batch_weight = masked_bce_with_logits(logits, y, w, weighted=cfg.weighted_loss)
+            batch_loss, batch_weight = masked_bce_with_logits(
+                logits, y, w, weighted=cfg.weighted_loss, pos_weight=cfg.pos_weight
+            )
             if batch_weight.item() <= 0:
                 LOGGER.debug("skipping a batch without weighted pixels")
                 continue
@@ -559,10 +628,14 @@ class Trainer:
             weighted_loss=cfg.weighted_loss,
             device=self.device,
             progress=self.progress,
+            pos_weight=cfg.pos_weight,
         )
-        improved = val["loss"] < self.best_val_loss
+        score = val["loss"] * -1.0 if cfg.selection == "val_loss" else val["threshold_weighted_mcc"]
+        improved = score > self.best_score
         if improved:
+            self.best_score = score
             self.best_val_loss = val["loss"]
+            self.best_threshold = val["threshold"]
             self.best_epoch = index + 1
             self.epochs_without_improvement = 0
         else:
@@ -576,6 +649,8 @@ class Trainer:
             "val_f1": val["f1"],
             "val_acc": val["acc"],
             "val_weighted_mcc": val["weighted_mcc"],
+            "val_threshold": val["threshold"],
+            "val_threshold_weighted_mcc": val["threshold_weighted_mcc"],
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "epoch_seconds": time.perf_counter() - start,
             "improved": bool(improved),
@@ -587,10 +662,11 @@ class Trainer:
         if improved:
             _atomic_save(ckpt, self.best_path)
         with self.metrics_path.open("a", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerow([_format_csv(row[c]) for c in CSV_COLUMNS])
+            csv.writer(handle, lineterminator="\n").writerow(_csv_row(row))
             handle.flush()
         LOGGER.info(
-            "epoch %d/%d: train loss %.4f, val loss %.4f, val MCC %.3f, F1 %.3f, acc %.3f (%.1f s)%s",
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val MCC %.3f, F1 %.3f, acc %.3f, "
+            "weighted MCC %.3f at threshold %.2f (%.1f s)%s",
             row["epoch"],
             cfg.max_epochs,
             train_loss,
@@ -598,6 +674,8 @@ class Trainer:
             val["mcc"],
             val["f1"],
             val["acc"],
+            val["threshold_weighted_mcc"],
+            val["threshold"],
             row["epoch_seconds"],
             " *" if improved else f" ({self.epochs_without_improvement}/{cfg.patience} without improvement)",
         )
@@ -611,6 +689,8 @@ class Trainer:
             "optimizer_state": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "best_val_loss": float(self.best_val_loss),
+            "best_score": float(self.best_score),
+            "best_threshold": self.best_threshold,
             "best_epoch": self.best_epoch,
             "epochs_without_improvement": self.epochs_without_improvement,
             "trainer_config": self.config.model_dump(),
@@ -630,11 +710,15 @@ def evaluate(
     weighted_loss: bool = True,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    pos_weight: float | None = None,
+    thresholds: tuple[float, ...] = THRESHOLDS,
 ) -> dict[str, float]:
     """Pooled loss and ``mcc``/``f1``/``acc``/``weighted_mcc`` at 0.5 of ``model`` over ``loader``.
 
     The model is put in eval mode (and left there). Keys: ``loss``, ``mcc``, ``f1``, ``acc``,
-    ``weighted_mcc``, ``n_pixels`` (pixels with weight > 0).
+    ``weighted_mcc``, ``n_pixels`` (pixels with weight > 0), and ``threshold``: the probability
+    threshold of ``thresholds`` with the highest weighted MCC, ``threshold_weighted_mcc`` that MCC
+    (the lowest threshold wins a tie).
     """
     device = torch.device(device)
     model.eval()
@@ -643,10 +727,15 @@ def evaluate(
     # tn, fp, fn, tp: plain counts and weighted sums, float64 (masked sums are deterministic on CUDA)
     counts = torch.zeros(4, dtype=torch.float64, device=device)
     weighted = torch.zeros(4, dtype=torch.float64, device=device)
+    # per threshold: weighted tp and fp (fn and tn follow from the class totals)
+    cut = torch.logit(torch.tensor(thresholds, dtype=torch.float64, device=device))
+    scan = torch.zeros((len(thresholds), 2), dtype=torch.float64, device=device)
     for batch in tqdm(loader, desc="validation", unit="batch", leave=False, disable=not progress):
         x, y, w = _unpack(batch, device)
         logits = model(x)
-        batch_loss, batch_weight = masked_bce_with_logits(logits, y, w, weighted=weighted_loss)
+        batch_loss, batch_weight = masked_bce_with_logits(
+            logits, y, w, weighted=weighted_loss, pos_weight=pos_weight
+        )
         loss_sum += float(batch_loss.item())
         weight_sum += float(batch_weight.item())
         keep = w > 0
@@ -657,11 +746,26 @@ def evaluate(
             cell = cell & keep
             counts[i] += cell.sum()
             weighted[i] += (w64 * cell).sum()
+        kept = keep.flatten()
+        flat_logit = logits.detach().flatten()[kept].to(torch.float64)
+        flat_w = w64.flatten()[kept]
+        flat_truth = truth.flatten()[kept]
+        # bin i holds the pixels at or above exactly the first i thresholds: O(pixels) memory
+        bins = torch.bucketize(flat_logit, cut, right=True)
+        for column, weights in enumerate((flat_w * flat_truth, flat_w * ~flat_truth)):
+            per_bin = torch.bincount(bins, weights=weights, minlength=len(thresholds) + 1)
+            scan[:, column] += per_bin.flip(0).cumsum(0).flip(0)[1:]
     if weight_sum <= 0:
         raise ValueError("the validation loader yielded no pixel with a weight > 0")
     tn, fp, fn, tp = (float(v) for v in counts.cpu())
     plain = Confusion(tp=tp, fp=fp, fn=fn, tn=tn)
     wtn, wfp, wfn, wtp = (float(v) for v in weighted.cpu())
+    positives, negatives = wtp + wfn, wtn + wfp
+    best_threshold, best_mcc = thresholds[0], -math.inf
+    for t, (tp_t, fp_t) in zip(thresholds, scan.cpu().tolist(), strict=True):
+        value = float(mcc(Confusion(tp=tp_t, fp=fp_t, fn=positives - tp_t, tn=negatives - fp_t)))
+        if value > best_mcc:
+            best_threshold, best_mcc = t, value
     return {
         "loss": loss_sum / weight_sum,
         "mcc": float(mcc(plain)),
@@ -669,4 +773,6 @@ def evaluate(
         "acc": float(accuracy(plain)),
         "weighted_mcc": float(mcc(Confusion(tp=wtp, fp=wfp, fn=wfn, tn=wtn))),
         "n_pixels": int(plain.total),
+        "threshold": float(best_threshold),
+        "threshold_weighted_mcc": best_mcc,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,15 @@ def test_random_forest_file_holds_no_pickle(fitted, data, tmp_path: Path) -> Non
         reloaded.predict_proba(X_test), fitted["random-forest"].predict_proba(X_test)
     )
     assert reloaded.n_parameters == fitted["random-forest"].n_parameters
+
+
+def test_lightgbm_fit_logs_progress_every_tenth_of_the_trees(caplog: pytest.LogCaptureFixture) -> None:
+    from s2agri.models.baselines import LightGBMPixelClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.uint8)
+    with caplog.at_level(logging.INFO, logger="s2agri.models.baselines"):
+        LightGBMPixelClassifier(n_estimators=20).fit(X, y)
+    lines = [r.getMessage() for r in caplog.records if "trees on 400 samples" in r.getMessage()]
+    assert [line.split()[1] for line in lines] == [f"{k}/20" for k in range(2, 21, 2)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -213,3 +214,59 @@ def test_the_parser_does_not_import_torch() -> None:
     code = "import sys; from s2agri.workflows import cli; cli.build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_config_show_prints_commented_defaults_that_read_back(tmp_path: Path, capsys) -> None:
+    from s2agri.workflows.config import MappingConfig, load_config
+
+    assert cli.main(["config", "show"]) == 0
+    text = capsys.readouterr().out
+    assert "# stats5x5 only: odd window side\n  window: 5" in text
+    assert "  samples_per_epoch: 512" in text and "    selection: val_weighted_mcc" in text
+    path = tmp_path / "shown.yaml"
+    path.write_text(text)
+    assert load_config(path) == MappingConfig()
+    assert cli.main(["config", "show", "--config", "seed000"]) == 0
+    path.write_text(capsys.readouterr().out)
+    assert load_config(path) == load_config("seed000")
+    assert load_config(path).features.kind == "stats5x5"
+
+
+def test_config_show_region_and_schema(capsys) -> None:
+    import json
+
+    assert cli.main(["config", "show", "--region"]) == 0
+    assert "aoi: demo" in capsys.readouterr().out
+    assert cli.main(["config", "show", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["additionalProperties"] is False and "deep" in schema["properties"]
+    assert cli.main(["config", "show", "--config", "no-such-recipe"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_workers_do_not_repeat_deprecation_warnings(tmp_path: Path) -> None:
+    """Two worker processes, as a user runs them: no pkg_resources or str(BBox) warnings on stderr."""
+    script = str(Path(sys.executable).with_name("s2agri"))
+    result = subprocess.run(
+        [
+            script,
+            "simulate",
+            str(tmp_path / "sim"),
+            "--boxes",
+            "2",
+            "--size",
+            "40",
+            "--seed",
+            "0",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "deprecated" not in result.stderr
+    assert len(list((tmp_path / "sim" / "eopatches").iterdir())) == 2

@@ -325,3 +325,29 @@ def test_split_boxes_holds_out_whole_boxes() -> None:
     assert split_boxes(boxes[:4], 0.0) == (boxes[:4], [])
     with pytest.raises(ValueError, match="val_fraction"):
         split_boxes(boxes, 1.0)
+
+
+def test_random_patches_per_box_are_seeded_in_bounds_and_redrawn_every_epoch(
+    boxes: list[Path], normaliser: PercentileNormaliser
+) -> None:
+    dataset = PatchDataset(boxes, normaliser, patch_size=PATCH, n_frames=4, patches_per_box=5, seed=3)
+    assert len(dataset) == 15 and [len(dataset.box_indices(b)) for b in range(3)] == [5, 5, 5]
+    first = [dataset.patch_origin(i) for i in range(len(dataset))]
+    assert all(0 <= r <= SIZE - 16 and 0 <= c <= SIZE - 16 for _, r, c in first)
+    assert [b for b, _, _ in first] == [0] * 5 + [1] * 5 + [2] * 5
+    again = PatchDataset(boxes, normaliser, patch_size=PATCH, n_frames=4, patches_per_box=5, seed=3)
+    assert [again.patch_origin(i) for i in range(15)] == first  # seeded
+    dataset.set_epoch(1)
+    second = [dataset.patch_origin(i) for i in range(15)]
+    assert second != first  # new origins every epoch, off the fixed grid too
+    assert {(r, c) for _, r, c in first + second} - {(r, c) for r in (0, 16, 24) for c in (0, 16, 24)}
+    dataset.set_epoch(0)
+    assert [dataset.patch_origin(i) for i in range(15)] == first
+    whole = _pipeline(boxes[1], normaliser, 4)[STACK].transpose(0, 3, 1, 2)
+    unaugmented = PatchDataset(
+        boxes, normaliser, patch_size=PATCH, n_frames=4, patches_per_box=5, seed=3, augment=False
+    )
+    _, row, col = unaugmented.patch_origin(7)
+    np.testing.assert_array_equal(unaugmented[7]["x"].numpy(), whole[:, :, row : row + 16, col : col + 16])
+    with pytest.raises(ValueError, match="patches_per_box=0"):
+        PatchDataset(boxes, normaliser, patch_size=PATCH, patches_per_box=0)

@@ -132,6 +132,7 @@ def test_train_and_predict_every_new_segmenter(name: str, region: Path, tmp_path
             "n_frames": 8,
             "patch_size": 80,
             "tile": 24,
+            "samples_per_epoch": 16,
             "trainer": {"max_epochs": 1, "batch_size": 4, "num_threads": 1},
         },
     }
@@ -160,7 +161,9 @@ def test_train_and_predict_every_new_segmenter(name: str, region: Path, tmp_path
     proba = patch[PRED_PROBA]
     assert proba.shape == (160, 160, 1) and proba.dtype == np.float32
     assert np.isfinite(proba).all() and proba.min() >= 0 and proba.max() <= 1
-    assert np.array_equal(patch[PRED_CULTIVATED][..., 0], proba[..., 0] >= 0.5)
+    # the decision threshold is the one chosen on the validation box's weighted MCC
+    assert 0.2 <= card["threshold"] <= 0.8 and card["threshold_selection"]["epoch"] == 1
+    assert np.array_equal(patch[PRED_CULTIVATED][..., 0], proba[..., 0] >= card["threshold"])
     assert patch.meta_info[PRED_MODEL_KEY] == name
 
 
@@ -172,6 +175,7 @@ def test_paper_preset_from_the_command_line(region: Path, tmp_path: Path) -> Non
                 "deep": {
                     "n_frames": 8,
                     "patch_size": 40,
+                    "samples_per_epoch": 16,
                     "trainer": {"max_epochs": 1, "batch_size": 4, "num_threads": 1},
                 }
             }

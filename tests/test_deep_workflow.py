@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from eolearn.core import EOPatch
 
 from s2agri.models.inference import predict_tiled
@@ -28,6 +29,7 @@ CONFIG = """
 train: {model: gcnn}
 deep:
   patch_size: 80
+  samples_per_epoch: 16
   trainer: {max_epochs: 2, batch_size: 8, num_threads: 1}
   tile: 24
 """
@@ -127,3 +129,102 @@ def test_deep_training_needs_two_boxes(region: Path, tmp_path: Path, capsys) -> 
     box = str(region / "eopatches" / "box-000")
     assert cli.main(["train", box, "--out", str(tmp_path / "m"), "--config", str(config)]) == 2
     assert "needs at least 2 training boxes" in capsys.readouterr().err
+
+
+def _config(tmp_path: Path, name: str, **trainer: object) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"model": "gcnn"},
+                "deep": {
+                    "patch_size": 80,
+                    "tile": 24,
+                    "samples_per_epoch": 8,
+                    "trainer": {"batch_size": 4, "num_threads": 1, **trainer},
+                },
+            }
+        )
+    )
+    return str(path)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "model.pt", weights_only=True)["model_state"]
+
+
+def test_train_resume_continues_an_interrupted_run_exactly(
+    region: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from s2agri.models.training import Trainer
+
+    boxes = [str(region / "eopatches" / f"box-00{i}") for i in range(3)]
+    three = _config(tmp_path, "three", max_epochs=3)
+    assert cli.main(["train", *boxes, "--out", str(tmp_path / "straight"), "--config", three]) == 0
+    straight = json.loads((tmp_path / "straight" / "model_card.json").read_text())
+    assert straight["epochs"] == 3 and straight["patches"]["train_per_epoch"] == 8  # 4 per training box
+    assert [row["epoch"] for row in straight["learning_curve"]] == [1, 2, 3]
+    assert straight["pos_weight"] > 0 and straight["threshold_selection"]["validation_boxes"]
+
+    run_epoch = Trainer._run_epoch
+
+    def interrupted(self: Trainer, *args: object) -> None:
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        run_epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", interrupted)
+    out = tmp_path / "model"
+    assert cli.main(["train", *boxes, "--out", str(out), "--config", three]) == 130
+    assert not out.exists()
+    kept = tmp_path / ".model.checkpoints"
+    assert torch.load(kept / "last.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(Trainer, "_run_epoch", run_epoch)
+    capsys.readouterr()
+
+    other = _config(tmp_path, "other", max_epochs=3, lr=0.5)
+    assert cli.main(["train", *boxes, "--out", str(out), "--config", other, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "changes deep.trainer.lr" in err and "only deep.trainer" in err
+    assert cli.main(["train", *boxes[:2], "--out", str(out), "--resume"]) == 2
+    assert "was trained on" in capsys.readouterr().err
+
+    assert cli.main(["train", *boxes, "--out", str(out), "--resume"]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["epochs"] == 3 and not kept.exists()
+    drop_time = [{k: v for k, v in row.items()} for row in card["learning_curve"]]
+    assert drop_time == straight["learning_curve"]
+    for key, value in _weights(tmp_path / "straight").items():
+        assert torch.allclose(value, _weights(out)[key], atol=1e-6, rtol=0), key
+    assert card["threshold"] == straight["threshold"]
+    rows = (out / "training" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4
+
+    # a published run continues with more epochs
+    five = _config(tmp_path, "five", max_epochs=4)
+    assert cli.main(["train", *boxes, "--out", str(out), "--config", five, "--resume"]) == 0
+    assert json.loads((out / "model_card.json").read_text())["epochs"] == 4
+
+
+def test_resume_is_for_deep_models_only(region: Path, tmp_path: Path, capsys) -> None:
+    boxes = [str(region / "eopatches" / f"box-00{i}") for i in range(3)]
+    config = tmp_path / "lgbm.yaml"
+    config.write_text("train: {model: lightgbm}\n")
+    code = cli.main(["train", *boxes, "--out", str(tmp_path / "m"), "--config", str(config), "--resume"])
+    assert code == 2 and "lightgbm is fitted in one go" in capsys.readouterr().err
+    assert cli.main(["train", *boxes, "--out", str(tmp_path / "m"), "--model", "gcnn", "--resume"]) == 2
+    assert "holds a last.pt" in capsys.readouterr().err
+
+
+def test_class_balance_weight_by_hand(region: Path) -> None:
+    from s2agri.workflows.train_deep import class_balance_weight
+
+    boxes = sorted((region / "eopatches").iterdir())[:2]
+    positives = negatives = 0
+    for box in boxes:
+        patch = EOPatch.load(str(box), features=[contract.CULTIVATED, contract.NOT_DECLARED])
+        declared = ~patch[contract.NOT_DECLARED][..., 0]
+        positives += int((patch[contract.CULTIVATED][..., 0] & declared).sum())
+        negatives += int((~patch[contract.CULTIVATED][..., 0] & declared).sum())
+    expected = min(max(negatives / positives, 0.2), 5.0)
+    assert class_balance_weight(boxes) == pytest.approx(expected)

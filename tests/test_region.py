@@ -107,6 +107,17 @@ def test_region_outputs(region: Path) -> None:
     assert json.loads((region / "failed.json").read_text()) == {}
 
 
+def test_region_run_has_a_collection_of_its_boxes(region: Path) -> None:
+    import pystac
+
+    collection = pystac.Collection.from_file(str(region / "stac" / "collection.json"))
+    assert collection.validate_all() == 4
+    assert {"parcels_gpkg", "parcels_fgb", "grid", "summary"} <= set(collection.assets)
+    item = next(collection.get_items())
+    assert {"probability", "submission", "eopatch", "input"} <= set(item.assets)
+    assert Path(item.assets["input"].get_absolute_href()).is_dir()
+
+
 def test_rerun_needs_resume_and_the_same_config(region: Path, capsys) -> None:
     config = _config(region.parent / "again")
     assert cli.main(["run", str(config), "--out", str(region)]) == 2

@@ -217,6 +217,9 @@ class CrashingLoader:
         self.crash_at = crash_at
         self.calls = 0
 
+    def __len__(self) -> int:
+        return len(self.loader)
+
     def __iter__(self) -> Iterator[Any]:
         self.calls += 1
         if self.calls == self.crash_at:
@@ -362,3 +365,96 @@ def test_model_kwargs_default_to_the_models_config(tmp_path: Path) -> None:
     assert trainer.model_kwargs == {"hidden": 3}
     trainer.fit(*loaders())
     assert build_model_from_checkpoint(tmp_path / "last.pt").conv_in.out_channels == 3
+
+
+# -- the CPU recipe: schedules, selection on the validation weighted MCC, class balance --------
+
+
+def test_scheduled_lr_by_hand() -> None:
+    from s2agri.models.training import scheduled_lr
+
+    constant = config(lr=0.01)
+    assert scheduled_lr(constant, 3, 2, 4) == 0.01
+    cosine = config(lr=0.01, schedule="cosine", warmup_epochs=1.0, max_epochs=3)  # 12 steps, 4 warm-up
+    assert scheduled_lr(cosine, 0, 0, 4) == pytest.approx(0.0001)
+    assert scheduled_lr(cosine, 0, 2, 4) == pytest.approx(0.0001 + (0.01 - 0.0001) * 0.5)
+    assert scheduled_lr(cosine, 1, 0, 4) == pytest.approx(0.01)  # peak right after the warm-up
+    assert scheduled_lr(cosine, 2, 0, 4) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert scheduled_lr(cosine, 3, 0, 4) == pytest.approx(0.0, abs=1e-12)  # end of the run
+    onecycle = config(lr=0.01, schedule="onecycle", warmup_epochs=0.5, max_epochs=2)  # 8 steps, 2 warm-up
+    assert scheduled_lr(onecycle, 0, 0, 4) == pytest.approx(0.01 / 25)
+    assert scheduled_lr(onecycle, 0, 2, 4) == pytest.approx(0.01)
+    assert scheduled_lr(onecycle, 2, 0, 4) == pytest.approx(0.01 / 1e4)
+
+
+def test_pos_weight_weights_the_positive_pixels() -> None:
+    logits = torch.tensor([[0.0, 1.0, -2.0]])
+    target = torch.tensor([[1.0, 0.0, 1.0]])
+    weight = torch.tensor([[1.0, 2.0, 0.5]])
+    total, norm = masked_bce_with_logits(logits, target, weight, pos_weight=3.0)
+    bce = [math.log(2), math.log(1 + math.e), math.log(1 + math.exp(2))]
+    assert float(norm) == pytest.approx(3.0 + 2.0 + 1.5)
+    assert float(total) == pytest.approx(3.0 * bce[0] + 2.0 * bce[1] + 1.5 * bce[2], rel=1e-6)
+
+
+def test_evaluate_scans_thresholds_like_brute_force() -> None:
+    model = TinySegmenter()
+    torch.manual_seed(0)
+    _, val = loaders()
+    result = evaluate(model, val)
+    logits, ys, ws = [], [], []
+    with torch.no_grad():
+        for batch in val:
+            logits.append(model(batch["x"]).flatten())
+            ys.append(batch["y"].flatten())
+            ws.append(batch["weight"].flatten())
+    proba = torch.sigmoid(torch.cat(logits)).double().numpy()
+    y, w = torch.cat(ys).numpy() > 0.5, torch.cat(ws).double().numpy()
+    keep = w > 0
+    best = (None, -1.0)
+    for t in np.round(np.arange(0.2, 0.8001, 0.05), 2):
+        pred = proba >= t
+        value = mcc(confusion(y[keep], pred[keep], w[keep]))
+        if value > best[1] + 1e-12:
+            best = (float(t), value)
+    assert result["threshold"] == pytest.approx(best[0])
+    assert result["threshold_weighted_mcc"] == pytest.approx(best[1], abs=1e-9)
+    assert result["threshold_weighted_mcc"] >= result["weighted_mcc"] - 1e-12 or result["threshold"] != 0.5
+
+
+def test_selection_on_weighted_mcc_and_exact_resume_with_a_schedule(tmp_path: Path) -> None:
+    recipe = config(max_epochs=4, schedule="cosine", warmup_epochs=1, selection="val_weighted_mcc")
+    straight = Trainer.build(MODEL_NAME, {}, recipe, tmp_path / "straight", progress=False)
+    history = straight.fit(*loaders())
+    scores = history.column("val_threshold_weighted_mcc")
+    assert history.best_epoch == int(np.argmax(scores)) + 1
+    best_row = history.epochs[history.best_epoch - 1]
+    assert history.best_threshold == best_row["val_threshold"]
+    lrs = history.column("lr")
+    # the lr of each epoch's last step: 3/4 of the warm-up, then down the cosine
+    assert lrs[0] == pytest.approx(0.0002 + (0.02 - 0.0002) * 3 / 4)
+    assert lrs[1] > lrs[2] > lrs[3] == pytest.approx(0.02 * 0.5 * (1 + math.cos(math.pi * 11 / 12)))
+    best = load_checkpoint(tmp_path / "straight" / "best.pt")
+    assert best["epoch"] == history.best_epoch and best["best_threshold"] == history.best_threshold
+
+    train, val = loaders()
+    crashed = Trainer.build(MODEL_NAME, {}, recipe, tmp_path / "resumed", progress=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.fit(CrashingLoader(train, crash_at=3), val)
+    resumed = Trainer.resume(tmp_path / "resumed" / "last.pt", progress=False)
+    again = resumed.fit(*loaders())
+    a, b = weights(straight.model), weights(resumed.model)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+    assert strip_time(again.epochs) == strip_time(history.epochs)
+    assert again.best_threshold == history.best_threshold
+
+
+def test_version_1_checkpoints_still_load(tmp_path: Path) -> None:
+    trainer = Trainer.build(MODEL_NAME, {}, config(max_epochs=1), tmp_path / "run", progress=False)
+    trainer.fit(*loaders())
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    ckpt["checkpoint_version"] = 1
+    del ckpt["best_score"], ckpt["best_threshold"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded["best_score"] == -loaded["best_val_loss"] and loaded["best_threshold"] is None

@@ -12,8 +12,10 @@ Exit status: 0 success, 1 a check failed (e.g. ``validate`` found violations), 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -117,6 +119,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("cpu", "paper"),
         help="model size of the torch models (overrides train.preset): cpu defaults or the seed's paper size",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="deep models: continue the interrupted run into OUT (or OUT's published run, e.g. with more "
+        "deep.trainer.max_epochs) from its last checkpoint, exactly as if it had not stopped",
+    )
     _add_run_options(parser)
 
 
@@ -187,6 +195,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     from s2agri.workflows.demo import demo_command
 
     return demo_command(args)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show",
+        help="print a config with every default, each key commented",
+        description="print the resolved config (defaults, a recipe or FILE) as commented YAML that --config reads",
+    )
+    show.add_argument(
+        "--config", metavar="FILE", help="a config file or recipe name to resolve (default: none)"
+    )
+    show.add_argument(
+        "--region", action="store_true", help="the config of 's2agri run' instead of train/predict"
+    )
+    show.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from s2agri.workflows.config_show import config_show_command
+
+    return config_show_command(args)
 
 
 def _add_aoi_arguments(parser: argparse.ArgumentParser) -> None:
@@ -347,6 +377,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("export", "write predicted parcels and rasters to GIS files", _add_export_arguments, _run_export),
     Command("aoi", "split an area of interest into a UTM grid of boxes", _add_aoi_arguments, _run_aoi),
+    Command("config", "show the workflow configs with their defaults", _add_config_arguments, _run_config),
 )
 
 
@@ -460,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     # fs, imported by eo-learn, warns on every run about pkg_resources; users cannot act on it.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    # sentinelhub, on every BBox that eo-learn's workflow logs name
+    warnings.filterwarnings("ignore", message="The string representation of `BBox` will change")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -486,6 +519,10 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into a reader that stopped (s2agri config show | head)
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a full disk, a folder without write permission, ...
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise

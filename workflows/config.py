@@ -122,6 +122,24 @@ class TrainConfig(_Strict):
     seed: int = Field(0, ge=0)
 
 
+#: The deep models' training recipe on CPU: random patches (``deep.samples_per_epoch``), the 8 dihedral
+#: augmentations, AdamW with a cosine schedule after a one-epoch warm-up, gradient clipping, class
+#: balance in the loss (``deep.class_balance``), and best.pt, early stopping and the decision threshold
+#: chosen on the validation weighted MCC of a quarter of the boxes. Seed 000's recipe is
+#: ``--config seed000-deep``.
+DEEP_RECIPE: dict[str, Any] = {
+    "lr": 2e-3,
+    "batch_size": 16,
+    "max_epochs": 30,
+    "patience": 8,
+    "schedule": "cosine",
+    "warmup_epochs": 1.0,
+    "selection": "val_weighted_mcc",
+    "weight_decay": 1e-4,
+    "grad_clip": 1.0,
+}
+
+
 class DeepConfig(_Strict):
     """Tensor stacks, patches and the training loop of the deep segmenters (``gcnn``, ``unet-*``)."""
 
@@ -134,15 +152,41 @@ class DeepConfig(_Strict):
         "the pooled features then mix different frames and bands from box to box)",
     )
     patch_size: int = Field(100, ge=8, description="training patch side at 2.5 m (a multiple of 4)")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="training boxes held out for validation")
+    val_fraction: float = Field(
+        0.25,
+        ge=0.0,
+        lt=1.0,
+        description="training boxes held out for validation (early stopping, checkpoint and threshold)",
+    )
     weights: Literal["challenge", "none"] = "challenge"
     cache_boxes: int = Field(2, ge=1, description="prepared boxes kept in memory while training")
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    samples_per_epoch: int | None = Field(
+        512,
+        ge=1,
+        description="training patches per epoch at random origins, spread evenly over the boxes "
+        "(None: every patch of a fixed grid of each box, seed 000's epochs)",
+    )
+    class_balance: bool = Field(
+        True,
+        description="weight cultivated pixels by not-cultivated/cultivated of the training boxes in the "
+        "loss (unless deep.trainer.pos_weight is set)",
+    )
+    trainer: TrainerConfig = Field(
+        default_factory=lambda: TrainerConfig(**DEEP_RECIPE),
+        description="the training loop; keys not given take the CPU recipe (DEEP_RECIPE), not seed 000's",
+    )
     tile: int = Field(128, ge=16, description="inference tile side at 10 m")
     months: tuple[int, ...] = Field(
         (3, 4, 5, 6, 7, 8),
         description="calendar months of the monthly medians fed to convlstm / convstar (the challenge season)",
     )
+
+    @field_validator("trainer", mode="before")
+    @classmethod
+    def _recipe_defaults(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {**DEEP_RECIPE, **value}
+        return value
 
     @field_validator("patch_size")
     @classmethod

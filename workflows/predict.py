@@ -12,6 +12,8 @@ A run folder holds::
     config.json            the resolved config; model_card.json the model's card
     run.json               boxes, seconds per box, failures, model; failed.json when a box failed
     report/                eo-learn's execution logs and HTML report
+    stac/collection.json   STAC collection: one item per box (footprint, dates, COG, submission, EOPatch),
+                           the shared files as collection assets (:mod:`s2agri.workflows.stac_outputs`)
 
 A box that fails leaves no file behind; the others are kept and the failures listed.
 """
@@ -49,6 +51,7 @@ from s2agri.workflows.runs import (
     staged_folder,
     write_json,
 )
+from s2agri.workflows.stac_outputs import predict_run_collection
 
 LOGGER = logging.getLogger(__name__)
 
@@ -150,6 +153,7 @@ def predict_boxes(
     )
     if summary.failures:
         write_json(run / "failed.json", summary.failures)
+    predict_run_collection(run, summary.succeeded, trained.name, {box.name: box for box in boxes})
     return summary
 
 

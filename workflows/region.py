@@ -10,6 +10,7 @@ One validated config (:class:`RegionConfig`) holds every parameter. The output f
     mosaic/                VRTs and COG mosaics of the predicted masks and probabilities
     failed.json            boxes that failed, with the stage and the one-line reason
     summary.json           counts and seconds of the last run
+    stac/collection.json   STAC collection of the boxes and region files (s2agri.workflows.stac_outputs)
 
 Every stage is idempotent: a box is done when its published folder exists (EOPatches are saved
 under a ``.partial`` name and renamed as their workflow's last step), so ``--resume`` after a crash
@@ -54,6 +55,7 @@ from s2agri.workflows.sources import (
     refuse_secret,
     split_postgres_uri,
 )
+from s2agri.workflows.stac_outputs import region_run_collection
 from s2agri.workflows.validate import scan_eopatch
 
 LOGGER = logging.getLogger(__name__)
@@ -360,6 +362,7 @@ def run_region(
         | {"total": round(time.perf_counter() - start, 2)},
     }
     write_json(out / SUMMARY_FILE, summary)
+    region_run_collection(out, done, [fmt.lstrip(".") for fmt in config.export.formats])
     return summary
 
 

@@ -262,6 +262,21 @@ class ExecutionSummary:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+#: Warnings every worker would repeat that users cannot act on (``-W`` syntax, message prefixes):
+#: ``fs`` (imported by eo-learn) on pkg_resources, sentinelhub on ``str(BBox)`` in eo-learn's logs.
+WORKER_WARNING_FILTERS: tuple[str, ...] = (
+    "ignore:pkg_resources is deprecated:UserWarning",
+    "ignore:The string representation of `BBox` will change",
+)
+
+
+def quiet_worker_warnings() -> None:
+    """Pass :data:`WORKER_WARNING_FILTERS` to worker processes (through ``PYTHONWARNINGS``, read when a
+    fresh interpreter starts), keeping the filters the user set there."""
+    given = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
+    os.environ["PYTHONWARNINGS"] = ",".join([*given, *(f for f in WORKER_WARNING_FILTERS if f not in given)])
+
+
 def use_clean_workers(workers: int) -> None:
     """Start worker processes with ``forkserver`` and ``cores // workers`` threads each.
 
@@ -274,6 +289,7 @@ def use_clean_workers(workers: int) -> None:
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     for variable in THREAD_VARIABLES:
         os.environ.setdefault(variable, threads)
+    quiet_worker_warnings()
     if multiprocessing.get_start_method(allow_none=True) != "forkserver":
         multiprocessing.set_start_method("forkserver", force=True)
 

@@ -17,7 +17,8 @@ import argparse
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,33 @@ def train_model(
     return card
 
 
+@contextmanager
+def _keep_checkpoints_note(checkpoints: Path | None) -> Iterator[None]:
+    """On failure or Ctrl-C, say where the checkpoints are kept and how to continue."""
+    try:
+        yield
+    except BaseException:
+        if checkpoints is not None and (checkpoints / "last.pt").is_file():
+            LOGGER.warning(
+                "the run's checkpoints are kept in %s: rerun with --resume to continue it", checkpoints
+            )
+        raise
+
+
+def _resumable_checkpoint(out: Path, checkpoints: Path) -> Path:
+    """The ``last.pt`` that ``--resume`` continues: an interrupted run's, else the published model's."""
+    for candidate in (checkpoints / "last.pt", out / "training" / "last.pt"):
+        if candidate.is_file():
+            # a published model's checkpoints move to the checkpoints folder, which the run then updates
+            if candidate.parent != checkpoints:
+                shutil.copytree(candidate.parent, checkpoints, dirs_exist_ok=True)
+            return checkpoints / "last.pt"
+    raise S2AgriInputError(
+        f"--resume: neither {checkpoints} nor {out / 'training'} holds a last.pt (only deep models are trained "
+        "in epochs that can be resumed): train without --resume"
+    )
+
+
 def train_command(args: argparse.Namespace) -> int:
     """Handler of ``s2agri train``."""
     config = load_config(args.config)
@@ -231,14 +259,37 @@ def train_command(args: argparse.Namespace) -> int:
     if args.workers is not None:
         updates["workers"] = args.workers
     config = MappingConfig.model_validate({**config.model_dump(), **updates})
-    out = check_out(args.out, args.overwrite, inputs=args.boxes)
+    resume = bool(getattr(args, "resume", False))
+    checkpoints = None
+    if resume or config.train.model in DEEP_MODELS:
+        from s2agri.workflows.train_deep import checkpoints_folder, resume_config
+
+        checkpoints = checkpoints_folder(Path(args.out))
+        if resume:
+            if args.config is not None and config.train.model not in DEEP_MODELS:
+                raise S2AgriInputError(
+                    f"--resume continues the epochs of a deep model; {config.train.model} is fitted in one go: "
+                    "drop --resume"
+                )
+            last = _resumable_checkpoint(Path(args.out), checkpoints)
+            config = resume_config(last, config, explicit=args.config is not None)
+            if args.model is not None and args.model != config.train.model:
+                raise S2AgriInputError(
+                    f"--resume continues a {config.train.model} run, not {args.model}: drop --model or --resume"
+                )
+        elif (checkpoints / "last.pt").exists():
+            LOGGER.warning(
+                "%s holds an interrupted run: it is replaced (add --resume to continue it)", checkpoints
+            )
+            shutil.rmtree(checkpoints)
+    out = check_out(args.out, args.overwrite or resume, inputs=args.boxes)
     boxes = find_boxes(args.boxes)
     preflight(boxes, required_inputs(config, reference=True))
-    with staged_folder(out) as staging:
+    with staged_folder(out) as staging, _keep_checkpoints_note(checkpoints):
         if config.train.model in DEEP_MODELS:
             from s2agri.workflows.train_deep import train_deep_model
 
-            card = train_deep_model(boxes, config, staging)
+            card = train_deep_model(boxes, config, staging, checkpoints=checkpoints, resume=resume)
             dump_config(config, staging / "config.json")
         elif config.train.model in PARCEL_MODELS:
             from s2agri.workflows.train_parcel import train_parcel_model
@@ -258,16 +309,19 @@ def train_command(args: argparse.Namespace) -> int:
     elif config.train.model in DEEP_MODELS:
         validation = card["validation"]
         print(
-            f"trained {card['model']} ({card['n_parameters']} parameters) on {card['patches']['train']} patches of "
-            f"{len(card['training_boxes'])} boxes in {card['train_seconds']:.1f} s: {card['epochs']} epochs "
-            f"({card['stop_reason']}), best epoch {card['best_epoch']}: val loss {validation['val_loss']:.4f}, "
-            f"val MCC {validation['val_mcc']:.3f}"
+            f"trained {card['model']} ({card['n_parameters']} parameters) on {card['patches']['train_per_epoch']} "
+            f"patches per epoch of {len(card['training_boxes'])} boxes in {card['train_seconds']:.1f} s: "
+            f"{card['epochs']} epochs ({card['stop_reason']}), best epoch {card['best_epoch']}: val loss "
+            f"{validation['val_loss']:.4f}, val weighted MCC {validation.get('val_threshold_weighted_mcc', 0):.3f} "
+            f"at threshold {card['threshold']:.2f}"
         )
     else:
         print(
             f"trained {card['model']} on {card['samples']['total']} pixels of {len(card['training_boxes'])} boxes "
             f"in {card['train_seconds']:.1f} s: {card['n_parameters']} nodes, {card['serialized_bytes']} bytes"
         )
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # published with the model (training/)
     if card.get("skipped_boxes"):
         print(f"skipped {len(card['skipped_boxes'])} boxes, see {out / 'model_card.json'}")
     print(f"wrote the model to {out}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import io
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,12 @@ from torch.utils.data import DataLoader
 from s2agri.models.datasets import BoxBatchSampler, PatchDataset, box_observations, split_boxes
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import get_constructor
-from s2agri.models.training import BEST_CHECKPOINT, Trainer, build_model_from_checkpoint
+from s2agri.models.training import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    Trainer,
+    build_model_from_checkpoint,
+)
 from s2agri.tasks import contract
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.metrics import box_confusions, pool_confusions, scores
@@ -151,13 +157,111 @@ def score_box_predictions(
     }
 
 
+def class_balance_weight(boxes: Sequence[Path], limits: tuple[float, float] = (0.2, 5.0)) -> float:
+    """Not-cultivated / cultivated pixel count of the boxes' references (NOT_DECLARED left out),
+    clipped to ``limits``: the loss weight that gives both classes the same total weight."""
+    positives = negatives = 0
+    for box in boxes:
+        patch = EOPatch.load(str(box), features=[contract.CULTIVATED, contract.NOT_DECLARED])
+        declared = ~patch[contract.NOT_DECLARED][..., 0].astype(bool)
+        cultivated = patch[contract.CULTIVATED][..., 0].astype(bool) & declared
+        positives += int(cultivated.sum())
+        negatives += int(declared.sum()) - int(cultivated.sum())
+    if positives == 0 or negatives == 0:
+        return 1.0
+    weight = min(max(negatives / positives, limits[0]), limits[1])
+    LOGGER.info(
+        "class balance: %d cultivated, %d other pixels: pos_weight %.3f", positives, negatives, weight
+    )
+    return float(weight)
+
+
+def chosen_threshold(
+    history: Any, trainer_config: Any, config: MappingConfig, val: Sequence[Path]
+) -> tuple[float | None, dict[str, Any]]:
+    """The decision threshold the run chose on its validation boxes (selection on weighted MCC and no
+    ``predict.threshold`` given), with how it was chosen; ``(None, {})`` otherwise."""
+    if config.predict.threshold is not None or trainer_config.selection != "val_weighted_mcc":
+        return None, {}
+    if history.best_threshold is None:
+        return None, {}
+    best = next(row for row in history.epochs if row["epoch"] == history.best_epoch)
+    return float(history.best_threshold), {
+        "validation_boxes": [box.name for box in val],
+        "epoch": history.best_epoch,
+        "weighted_mcc": best.get("val_threshold_weighted_mcc"),
+        "weighted_mcc_at_0.5": best.get("val_weighted_mcc"),
+    }
+
+
 def _loader(dataset: PatchDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     sampler = BoxBatchSampler(dataset, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=0)
 
 
-def train_deep_model(boxes: Sequence[Path], config: MappingConfig, folder: Path) -> dict[str, Any]:
-    """Train ``config.train.model`` on ``boxes`` and write the model folder; returns the model card."""
+def checkpoints_folder(out: Path) -> Path:
+    """Where ``s2agri train`` keeps the checkpoints of a run into ``out`` until it is published
+    (``.<out>.checkpoints`` next to it): an interrupted run leaves them there for ``--resume``."""
+    out = Path(out).resolve()
+    return out.parent / f".{out.name}.checkpoints"
+
+
+#: Trainer settings a resumed run may change (others would break the run it continues).
+RESUMABLE_CHANGES: frozenset[str] = frozenset({"max_epochs", "patience", "num_threads", "device"})
+
+
+def resume_config(checkpoint: Path, config: MappingConfig, explicit: bool) -> MappingConfig:
+    """The config of the run stored in ``checkpoint``, with the ``deep.trainer`` changes of ``config``
+    a resume allows (:data:`RESUMABLE_CHANGES`) when ``explicit`` (the user gave ``--config``); any
+    other difference is an input error naming the setting."""
+    from s2agri.models.training import load_checkpoint
+
+    try:
+        stored = MappingConfig.model_validate(load_checkpoint(checkpoint)["mapping_config"])
+    except (KeyError, ValueError) as exc:
+        raise S2AgriInputError(f"{checkpoint} cannot be resumed ({exc}): train without --resume") from exc
+    if not explicit:
+        return stored
+    given_trainer = config.deep.trainer.model_dump()
+    stored_trainer = stored.deep.trainer.model_dump()
+    trainer_changes = {k: v for k, v in given_trainer.items() if stored_trainer[k] != v}
+    rest = config.model_dump(mode="json")
+    previous = stored.model_dump(mode="json")
+    rest["deep"].pop("trainer")
+    previous["deep"].pop("trainer")
+    rest.pop("workers", None)
+    previous.pop("workers", None)
+    differing = sorted(
+        [f"deep.trainer.{k}" for k in trainer_changes if k not in RESUMABLE_CHANGES]
+        + [key for key in rest if rest[key] != previous.get(key)]
+    )
+    if differing:
+        raise S2AgriInputError(
+            f"--resume continues the run in {checkpoint.parent} but --config changes {', '.join(differing)}: "
+            f"only deep.trainer {', '.join(sorted(RESUMABLE_CHANGES))} may change; train without --resume"
+        )
+    return stored.model_copy(
+        update={
+            "deep": stored.deep.model_copy(
+                update={"trainer": stored.deep.trainer.model_copy(update=trainer_changes)}
+            )
+        }
+    )
+
+
+def train_deep_model(
+    boxes: Sequence[Path],
+    config: MappingConfig,
+    folder: Path,
+    *,
+    checkpoints: Path | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train ``config.train.model`` on ``boxes`` and write the model folder; returns the model card.
+
+    ``checkpoints``: where the trainer writes ``last.pt``/``best.pt``/``metrics.csv`` (default
+    ``folder/training``); they are copied to ``folder/training`` at the end. ``resume``: continue the
+    run whose ``last.pt`` is in ``checkpoints`` (same boxes, see :func:`resume_config`)."""
     if len(boxes) < 2:
         raise S2AgriInputError(
             f"{config.train.model} needs at least 2 training boxes (one is held out for early stopping)"
@@ -184,12 +288,27 @@ def train_deep_model(boxes: Sequence[Path], config: MappingConfig, folder: Path)
         "valid_mask_task": valid_task,
         "months": months,
     }
-    train_set = PatchDataset(train, augment=True, **common)
+    per_box = None if deep.samples_per_epoch is None else math.ceil(deep.samples_per_epoch / len(train))
+    train_set = PatchDataset(train, augment=True, patches_per_box=per_box, **common)
     val_set = PatchDataset(val, augment=False, **common)
     batch = deep.trainer.batch_size
-    trainer = Trainer.build(
-        config.train.model, kwargs, deep.trainer.model_copy(update={"seed": seed}), out_dir=folder / TRAINING
-    )
+    trainer_config = deep.trainer.model_copy(update={"seed": seed})
+    if deep.class_balance and trainer_config.pos_weight is None:
+        trainer_config = trainer_config.model_copy(update={"pos_weight": class_balance_weight(train)})
+    run_dir = folder / TRAINING if checkpoints is None else checkpoints
+    box_names = {"training_boxes": [b.name for b in train], "validation_boxes": [b.name for b in val]}
+    if resume:
+        trainer = Trainer.resume(run_dir / LAST_CHECKPOINT, run_dir, config=trainer_config)
+        stored = {key: trainer._extra.get(key) for key in box_names}
+        if stored != box_names:
+            raise S2AgriInputError(
+                f"--resume: the run in {run_dir} was trained on {stored['training_boxes']} (validation "
+                f"{stored['validation_boxes']}), not on these boxes: give the same boxes or train without --resume"
+            )
+    else:
+        trainer = Trainer.build(
+            config.train.model, kwargs, trainer_config, out_dir=run_dir, overwrite=checkpoints is not None
+        )
     history = trainer.fit(
         _loader(train_set, batch, True, seed),
         _loader(val_set, batch, False, seed),
@@ -198,14 +317,23 @@ def train_deep_model(boxes: Sequence[Path], config: MappingConfig, folder: Path)
             "n_frames": n_frames,
             "months": None if months is None else list(months),
             "mapping_config": config.model_dump(mode="json"),
+            **box_names,
         },
     )
     train_seconds = time.perf_counter() - start
+    if checkpoints is not None:
+        shutil.copytree(run_dir, folder / TRAINING, dirs_exist_ok=True)
     shutil.copyfile(folder / TRAINING / BEST_CHECKPOINT, folder / MODEL_FILE)
+    threshold, threshold_selection = chosen_threshold(history, trainer_config, config, val)
     best = next(row for row in history.epochs if row["epoch"] == history.best_epoch)
     model = trainer.model
     best_model = build_model_from_checkpoint(folder / MODEL_FILE)
-    checks = validate_on_boxes(best_model, normaliser, n_frames, val, config, valid_task, months)
+    scored = (
+        config
+        if threshold is None
+        else config.model_copy(update={"predict": config.predict.model_copy(update={"threshold": threshold})})
+    )
+    checks = validate_on_boxes(best_model, normaliser, n_frames, val, scored, valid_task, months)
     card = save_card(
         folder,
         {
@@ -223,10 +351,20 @@ def train_deep_model(boxes: Sequence[Path], config: MappingConfig, folder: Path)
             "best_epoch": history.best_epoch,
             "stop_reason": history.stop_reason,
             "validation": {k: best[k] for k in best if k.startswith("val_")},
+            "threshold": config.predict.cutoff if threshold is None else threshold,
+            "threshold_selection": threshold_selection,
+            "pos_weight": trainer_config.pos_weight,
+            "learning_curve": [
+                {
+                    k: row.get(k)
+                    for k in ("epoch", "train_loss", "val_loss", "val_threshold_weighted_mcc", "lr")
+                }
+                for row in history.epochs
+            ],
             **checks,
             "training_boxes": [box.name for box in train],
             "validation_boxes": [box.name for box in val],
-            "patches": {"train": len(train_set), "validation": len(val_set)},
+            "patches": {"train_per_epoch": len(train_set), "validation": len(val_set)},
             "config": config.model_dump(mode="json"),
         },
     )
