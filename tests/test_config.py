@@ -95,5 +95,5 @@ def test_the_seed000_recipe_is_shipped_and_loads_by_name() -> None:
 
 
 def test_a_missing_config_names_the_recipes(tmp_path) -> None:
-    with pytest.raises(S2AgriInputError, match=r"does not exist: .* recipe name \(seed000\)"):
+    with pytest.raises(S2AgriInputError, match=r"does not exist: .* recipe name \(seed000, seed000-deep\)"):
         load_config(tmp_path / "nope.yaml")
