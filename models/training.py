@@ -480,6 +480,11 @@ class Trainer:
             f"; config changed: {', '.join(changed)}" if changed else "",
         )
 
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The caller's extras stored with every checkpoint (restored on a resume)."""
+        return dict(self._extra)
+
     # -- paths ---------------------------------------------------------------------------------
 
     @property

@@ -29,9 +29,11 @@ from torch.utils.data import DataLoader
 from s2agri.models.datasets import BoxBatchSampler, PatchDataset, box_observations, split_boxes
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import get_constructor
+from s2agri.models.trainer_config import TrainerConfig
 from s2agri.models.training import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
+    History,
     Trainer,
     build_model_from_checkpoint,
 )
@@ -177,7 +179,7 @@ def class_balance_weight(boxes: Sequence[Path], limits: tuple[float, float] = (0
 
 
 def chosen_threshold(
-    history: Any, trainer_config: Any, config: MappingConfig, val: Sequence[Path]
+    history: History, trainer_config: TrainerConfig, config: MappingConfig, val: Sequence[Path]
 ) -> tuple[float | None, dict[str, Any]]:
     """The decision threshold the run chose on its validation boxes (selection on weighted MCC and no
     ``predict.threshold`` given), with how it was chosen; ``(None, {})`` otherwise."""
@@ -299,7 +301,7 @@ def train_deep_model(
     box_names = {"training_boxes": [b.name for b in train], "validation_boxes": [b.name for b in val]}
     if resume:
         trainer = Trainer.resume(run_dir / LAST_CHECKPOINT, run_dir, config=trainer_config)
-        stored = {key: trainer._extra.get(key) for key in box_names}
+        stored = {key: trainer.extra.get(key) for key in box_names}
         if stored != box_names:
             raise S2AgriInputError(
                 f"--resume: the run in {run_dir} was trained on {stored['training_boxes']} (validation "
