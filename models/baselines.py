@@ -37,6 +37,8 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from tqdm import tqdm
 
+from . import compiled_trees
+from .compiled_trees import CompiledTrees
 from .forest_io import is_pickle_file, load_forest, save_forest
 from .registry import register_model
 
@@ -263,12 +265,38 @@ class LightGBMPixelClassifier(PixelClassifier):
             **params,
         }
         self.booster: lgb.Booster | None = None
+        #: Compiled trees predicting in place of ``booster`` (:meth:`compile_trees`), or None.
+        self.compiled: CompiledTrees | None = None
+
+    def compile_trees(self, required: bool = False) -> bool:
+        """Predict from now on with the trees compiled to native code (:mod:`s2agri.models.compiled_trees`).
+
+        Returns whether they are used. Without the packages or a C compiler: False (``required``: a
+        ``RuntimeError`` naming what is missing).
+        """
+        self._require_fitted()
+        reason = compiled_trees.unavailable_reason()
+        if reason is None:
+            try:
+                library = compiled_trees.compile_model_text(
+                    self.booster.model_to_string(), threads=self.n_jobs
+                )
+            except (OSError, RuntimeError) as exc:  # a compiler that fails, an unwritable cache
+                reason = f"compiling failed ({' '.join(str(exc).split())[:300]})"
+            else:
+                self.compiled = compiled_trees.CompiledTrees(library, self.n_jobs)
+                return True
+        if required:
+            raise RuntimeError(f"compiled trees unavailable: {reason}")
+        LOGGER.info("compiled trees unavailable (%s): predicting with LightGBM", reason)
+        return False
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
     ) -> LightGBMPixelClassifier:
         X, y, w = self._check_fit_inputs(X, y, sample_weight)
         dataset = lgb.Dataset(X, label=y, weight=w, params={"verbosity": -1}, free_raw_data=True)
+        self.compiled = None
         self.booster = lgb.train(
             self.params,
             dataset,
@@ -284,6 +312,8 @@ class LightGBMPixelClassifier(PixelClassifier):
         return self
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
+        if self.compiled is not None:
+            return self.compiled.predict(X)
         return self.booster.predict(X, num_threads=self.n_jobs)
 
     @property

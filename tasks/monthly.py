@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
+from numba import njit, prange
 
 from .masks import VALID
 from .tensors import STACK
@@ -107,22 +108,56 @@ def series_and_valid(values: np.ndarray, valid: np.ndarray, name: str) -> tuple[
     return values, valid.astype(bool, copy=False)
 
 
+@njit(parallel=True, cache=True)
+def _masked_median_kernel(values: np.ndarray, valid: np.ndarray, out: np.ndarray, count: np.ndarray) -> None:
+    """Per pixel and channel, the median of the valid values of (k, H, W, C) ``values`` (small k): the
+    valid values are gathered into a buffer and insertion-sorted; NaN where none is valid."""
+    k, height, width, channels = values.shape
+    for row in prange(height):
+        buffer = np.empty(k, np.float32)
+        for col in range(width):
+            n = 0
+            for t in range(k):
+                if valid[t, row, col]:
+                    n += 1
+            count[row, col] = n
+            for ch in range(channels):
+                m = 0
+                for t in range(k):
+                    if valid[t, row, col]:
+                        value = values[t, row, col, ch]
+                        i = m
+                        while i > 0 and buffer[i - 1] > value:
+                            buffer[i] = buffer[i - 1]
+                            i -= 1
+                        buffer[i] = value
+                        m += 1
+                if m == 0:
+                    out[row, col, ch] = np.nan
+                else:
+                    out[row, col, ch] = (buffer[(m - 1) // 2] + buffer[m // 2]) * np.float32(0.5)
+
+
 def masked_median(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median over axis 0 of the valid rows: (k, H, W, C), (k, H, W) -> (H, W, C) float32, (H, W).
 
-    NaN (and counts 0) where a pixel has no valid observation.
+    NaN (and counts 0) where a pixel has no valid observation. The mean of the two middle values for
+    an even count, as ``numpy.nanmedian``; a parallel numba kernel (k is a few frames).
     """
-    observed = valid[..., None]
-    if (observed & ~np.isfinite(values)).any():
+    values = np.asarray(values)
+    valid = np.asarray(valid, dtype=bool)
+    if values.ndim != 4 or valid.shape != values.shape[:3]:
+        raise ValueError(
+            f"values {values.shape} and valid {valid.shape}: expected (k, H, W, C) and (k, H, W)"
+        )
+    if (valid[..., None] & ~np.isfinite(values)).any():
         raise ValueError("valid observations hold NaN or infinite values: mask them as invalid")
-    data = np.where(observed, values.astype(np.float32, copy=False), np.float32(np.nan))
-    data.sort(axis=0)  # NaN sort last: the n valid values come first
-    n = valid.sum(axis=0)
-    low = (np.maximum(n, 1) - 1) // 2
-    high = n // 2
-    a = np.take_along_axis(data, low[None, ..., None], axis=0)[0]
-    b = np.take_along_axis(data, high[None, ..., None], axis=0)[0]
-    return (a + b) * np.float32(0.5), n
+    out = np.empty(values.shape[1:], np.float32)
+    count = np.empty(values.shape[1:3], np.int64)
+    _masked_median_kernel(
+        np.ascontiguousarray(values, dtype=np.float32), np.ascontiguousarray(valid), out, count
+    )
+    return out, count
 
 
 def fill_missing_months(medians: np.ndarray, has: np.ndarray, edges: Edges = "nearest") -> np.ndarray:

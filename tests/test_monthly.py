@@ -17,6 +17,7 @@ from s2agri.tasks.monthly import (
     MONTHS,
     MonthlyMedianTask,
     fill_missing_months,
+    masked_median,
     monthly_medians,
     pack_monthly,
     resolve_months,
@@ -84,6 +85,21 @@ def test_matches_nanmedian_and_ignores_invalid_values() -> None:
         has = counts[m] > 0
         np.testing.assert_allclose(medians[m][has], expected[has], rtol=1e-6)
         np.testing.assert_array_equal(counts[m], valid[frames].sum(axis=0))
+
+
+def test_masked_median_hand_computed_even_odd_and_empty() -> None:
+    # one pixel, one channel; frames (value, valid): 5 ok, 1 ok, 9 invalid, 3 ok, 7 ok
+    values = np.array([5, 1, 9, 3, 7], np.float32).reshape(5, 1, 1, 1)
+    valid = np.array([1, 1, 0, 1, 1], bool).reshape(5, 1, 1)
+    median, count = masked_median(values, valid)  # valid 1 3 5 7: (3 + 5) / 2
+    assert median.dtype == np.float32 and median.shape == (1, 1, 1)
+    assert median[0, 0, 0] == 4.0 and count[0, 0] == 4
+    valid[0] = False  # valid 1 3 7: 3
+    assert masked_median(values, valid)[0][0, 0, 0] == 3.0
+    median, count = masked_median(values, np.zeros_like(valid))
+    assert np.isnan(median[0, 0, 0]) and count[0, 0] == 0
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        masked_median(np.full_like(values, np.nan), valid)
 
 
 def test_fill_interpolates_linearly_between_distant_months() -> None:

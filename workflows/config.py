@@ -238,6 +238,11 @@ class PredictConfig(_Strict):
     refine_margin: float = Field(
         0.2, ge=0.0, le=1.0, description="refine: probability margin around the threshold"
     )
+    compiled_trees: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="LightGBM: predict with the trees compiled to native code (same probabilities, "
+        "2.5-3x faster; needs the 'fast' extra and a C compiler): 'auto' where possible, 'on' or fail, 'off'",
+    )
     min_observations: int = Field(
         1,
         ge=1,

@@ -44,6 +44,7 @@ from eolearn.core import (
 )
 from eolearn.core.types import Feature
 
+from s2agri.models.baselines import LightGBMPixelClassifier
 from s2agri.models.sampling import STATS5X5, sample_eopatch
 from s2agri.tasks import contract
 from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
@@ -68,6 +69,7 @@ from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
 from s2agri.tasks.weights import weight_map
 from s2agri.tasks.zonal import PARCEL_STATS, PaintParcelPredictionsTask, ZonalStatisticsTask
 from s2agri.workflows.config import PARCEL_MODELS, MappingConfig
+from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.model_store import TrainedModel, with_model_inputs
 
 LOGGER = logging.getLogger(__name__)
@@ -314,6 +316,11 @@ def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
             num_threads=config.deep.trainer.num_threads,
             months=trained.months,
         )
+    if config.predict.compiled_trees != "off" and isinstance(trained.model, LightGBMPixelClassifier):
+        try:
+            trained.model.compile_trees(required=config.predict.compiled_trees == "on")
+        except RuntimeError as exc:
+            raise S2AgriInputError(f"predict.compiled_trees: on, but {exc}: install it or set 'off'") from exc
     return PixelModelPredictTask(
         trained.model,
         pixel_features_feature(config),
