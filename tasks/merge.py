@@ -68,7 +68,7 @@ from sentinelhub import CRS, BBox
 from . import contract
 from .instances import PRED_INSTANCES
 from .prediction import PRED_CULTIVATED, PRED_PROBA
-from .vectorise import PARCELS_PRED, VectoriseTask, _polygonal
+from .vectorise import PARCELS_PRED, VectoriseTask, _polygonal, parcel_ids
 
 LOGGER = logging.getLogger(__name__)
 
@@ -326,22 +326,11 @@ def _pixel_exact(geometries: np.ndarray) -> np.ndarray:
 
 
 def _parcel_ids(geometries: np.ndarray) -> np.ndarray:
-    """``E<x>N<y>`` of the highest vertex (the leftmost of those) of each geometry.
-
-    For a pixel polygon it is the upper-left corner of the leftmost pixel of its top row, a
-    point no other parcel of the region has as its own.
-    """
+    """:func:`~s2agri.tasks.vectorise.parcel_ids` in chunks of bounded memory."""
     ids = np.empty(len(geometries), dtype=object)
     for chunk in _chunks(geometries):
-        coords, owner = shapely.get_coordinates(geometries[chunk], return_index=True)
-        order = np.lexsort((coords[:, 0], -coords[:, 1], owner))
-        first = order[np.r_[0, np.flatnonzero(np.diff(owner[order])) + 1]]
-        ids[chunk] = [f"E{_number(x)}N{_number(y)}" for x, y in coords[first]]
+        ids[chunk] = parcel_ids(geometries[chunk])
     return ids
-
-
-def _number(value: float) -> str:
-    return np.format_float_positional(value, precision=3, trim="-")  # mm: no float noise
 
 
 def _collect(frames: Sequence[gpd.GeoDataFrame], boxes: np.ndarray, resolution: float) -> _Parts:

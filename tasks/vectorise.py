@@ -30,14 +30,36 @@ LOGGER = logging.getLogger(__name__)
 
 PARCELS_PRED = (FeatureType.VECTOR_TIMELESS, "PARCELS_PRED")
 #: Attribute columns of the parcel layer, in order (then ``geometry``).
-PARCEL_COLUMNS: tuple[str, ...] = ("box_id", "model", "area_m2", "perimeter_m", "mean_proba")
+PARCEL_COLUMNS: tuple[str, ...] = ("parcel_id", "box_id", "model", "area_m2", "perimeter_m", "mean_proba")
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # 4-connectivity
+
+
+def parcel_ids(geometries: np.ndarray) -> np.ndarray:
+    """``E<x>N<y>`` of the highest vertex (the leftmost of those) of each geometry (object array).
+
+    For a pixel polygon (traced, not simplified) it is the upper-left corner of the leftmost pixel
+    of its top row, a point no other parcel has as its own: a stable id, the same in a box's layer
+    and in the merged layer of a region (:func:`s2agri.tasks.merge.merge_parcels`).
+    """
+    ids = np.empty(len(geometries), dtype=object)
+    if not len(geometries):
+        return ids
+    coords, owner = shapely.get_coordinates(geometries, return_index=True)
+    order = np.lexsort((coords[:, 0], -coords[:, 1], owner))
+    first = order[np.r_[0, np.flatnonzero(np.diff(owner[order])) + 1]]
+    ids[:] = [f"E{_number(x)}N{_number(y)}" for x, y in coords[first]]
+    return ids
+
+
+def _number(value: float) -> str:
+    return np.format_float_positional(value, precision=3, trim="-")  # mm: no float noise
 
 
 def empty_parcels(crs: object) -> gpd.GeoDataFrame:
     """A parcel layer with no rows, the :data:`PARCEL_COLUMNS` and ``crs``."""
     frame = pd.DataFrame(
         {
+            "parcel_id": pd.Series(dtype=object),
             "box_id": pd.Series(dtype=object),
             "model": pd.Series(dtype=object),
             "area_m2": pd.Series(dtype=np.float64),
@@ -69,7 +91,8 @@ class VectoriseTask(EOTask):
       ``shapely.coverage_simplify`` simplifies all polygons of the box together
       (Visvalingam–Whyatt, tolerance ≈ square root of the removed triangles' area), which keeps
       shared corners shared and never makes rings cross; pixel staircases become straight edges.
-    * Attributes: ``area_m2`` and ``perimeter_m`` (shell and holes) of the output geometry,
+    * Attributes: ``parcel_id`` (:func:`parcel_ids` of the traced pixel polygon: unique, and the
+      id the parcel keeps in a region's merged layer), ``area_m2`` and ``perimeter_m`` (shell and holes) of the output geometry,
       ``mean_proba`` (mean PRED_PROBA over the component's pixels; NaN without ``proba_feature``),
       ``box_id`` (argument, else :func:`~s2agri.tasks.prediction.box_name`) and ``model``
       (argument, else ``meta_info["PRED_MODEL"]``).
@@ -180,6 +203,7 @@ class VectoriseTask(EOTask):
             shell, *holes = (np.asarray(ring, dtype=np.float64) for ring in geojson["coordinates"])
             geometries.append(shapely.Polygon(shell, holes))
         geometries = np.asarray(geometries, dtype=object)
+        field_ids = parcel_ids(geometries)  # of the pixel polygons, before simplification
         if self.simplify_tolerance_m:
             geometries = shapely.coverage_simplify(geometries, self.simplify_tolerance_m)
         ids = np.asarray(ids, dtype=np.int64)
@@ -188,12 +212,13 @@ class VectoriseTask(EOTask):
             LOGGER.debug("repairing %d invalid polygons with make_valid", invalid.size)
             geometries[invalid] = [_polygonal(geometries[i]) for i in invalid]
             nonempty = ~shapely.is_empty(geometries)
-            ids, geometries = ids[nonempty], geometries[nonempty]
+            ids, geometries, field_ids = ids[nonempty], geometries[nonempty], field_ids[nonempty]
         if not shapely.is_valid(geometries).all():
             raise RuntimeError("vectorisation produced invalid geometries after make_valid")
 
         parcels = gpd.GeoDataFrame(
             {
+                "parcel_id": field_ids,
                 "box_id": np.full(len(ids), box, dtype=object),
                 "model": np.full(len(ids), model, dtype=object),
                 "area_m2": shapely.area(geometries),

@@ -66,6 +66,24 @@ def test_rectangle_area_perimeter_bounds_and_attributes() -> None:
     assert row.model == "test-model"
     assert parcels.crs.to_epsg() == 32633
     assert parcels.is_valid.all()
+    # the upper-left corner of the top-left pixel (row 10, col 5): x 500000 + 12.5, y 5100200 - 25
+    assert row.parcel_id == "E500012.5N5100175"
+
+
+def test_parcel_ids_are_unique_stable_and_survive_simplification() -> None:
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[2:20, 2:20] = True
+    mask[2:20, 21:40] = True  # touches nothing (one column gap)
+    mask[30:60, 10:12] = True  # an L shape: its top-left pixel is (30, 10)
+    mask[58:60, 10:50] = True
+    mask[2, 60] = mask[3, 59:62] = mask[4:20, 58:63] = True  # a roof: the top row is one pixel
+    simplified = _vectorise(mask, simplify_tolerance_m=5.0)
+    exact = _vectorise(mask, simplify_tolerance_m=0.0)
+    assert simplified["parcel_id"].is_unique and len(simplified) == 4
+    assert sorted(simplified["parcel_id"]) == sorted(exact["parcel_id"])
+    assert {"E500005N5100195", "E500052.5N5100195", "E500025N5100125", "E500150N5100195"} == set(
+        simplified["parcel_id"]
+    )
 
 
 def test_hole_is_subtracted_from_area_and_added_to_perimeter() -> None:
