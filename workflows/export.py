@@ -1,7 +1,8 @@
 """``s2agri export``: predicted parcels and rasters of EOPatches to GIS files.
 
 The vector format follows the file extension: ``.gpkg`` (GeoPackage 1.2), ``.geojson``/``.json``
-(RFC 7946: reprojected to WGS84), ``.fgb`` (FlatGeobuf), ``.parquet`` (GeoParquet) and ``.shp``
+(RFC 7946: reprojected to WGS84), ``.fgb`` (FlatGeobuf), ``.parquet`` (GeoParquet 1.1 with a ``bbox``
+covering column, so readers can skip row groups by extent) and ``.shp``
 (ESRI Shapefile; ``perimeter_m`` is ``perim_m`` there, dBASE names have 10 characters). Every file is
 written under a temporary name and renamed into place (for a Shapefile, each of its side files).
 Rasters are the submission GeoTIFFs and probability COGs of the prediction tasks.
@@ -10,6 +11,7 @@ Rasters are the submission GeoTIFFs and probability COGs of the prediction tasks
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -17,7 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
 from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks.export import GPKG_VERSION, ProbabilityCogTask, SubmissionTiffTask, atomic_path
@@ -52,13 +58,54 @@ def vector_format(path: Path) -> tuple[str, bool]:
         ) from None
 
 
+#: GeoParquet version written (1.1: the ``covering`` bbox column).
+GEOPARQUET_VERSION = "1.1.0"
+#: Rows per Parquet row group: small enough that the bbox statistics let readers skip groups.
+PARQUET_ROW_GROUP = 4096
+
+
+def geoparquet_table(frame: gpd.GeoDataFrame) -> pa.Table:
+    """GeoParquet 1.1 table of ``frame``: WKB geometry, a ``bbox`` struct column (xmin, ymin, xmax,
+    ymax; float64) declared as the geometry's covering, and the ``geo`` metadata (CRS as PROJJSON)."""
+    geometry = frame.geometry.values
+    bounds = shapely.bounds(np.asarray(geometry, dtype=object))
+    attributes = pd.DataFrame(frame.drop(columns=frame.geometry.name))
+    table = pa.Table.from_pandas(attributes, preserve_index=False)
+    bbox = pa.StructArray.from_arrays(
+        [pa.array(bounds[:, i], pa.float64()) for i in range(4)], names=["xmin", "ymin", "xmax", "ymax"]
+    )
+    table = table.append_column("geometry", pa.array(shapely.to_wkb(np.asarray(geometry)), pa.binary()))
+    table = table.append_column("bbox", bbox)
+    finite = bounds[np.isfinite(bounds).all(axis=1)]
+    column = {
+        "encoding": "WKB",
+        "geometry_types": _type_names(geometry),
+        "bbox": [*finite[:, :2].min(axis=0).tolist(), *finite[:, 2:].max(axis=0).tolist()]
+        if len(finite)
+        else [],
+        "covering": {"bbox": {key: ["bbox", key] for key in ("xmin", "ymin", "xmax", "ymax")}},
+    }
+    if frame.crs is not None:
+        column["crs"] = frame.crs.to_json_dict()
+    if not column["bbox"]:
+        del column["bbox"]
+    geo = {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+    metadata = dict(table.schema.metadata or {})
+    metadata[b"geo"] = json.dumps(geo).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def _type_names(geometry: object) -> list[str]:
+    return sorted({geom.geom_type for geom in geometry if geom is not None and not geom.is_empty})
+
+
 def write_vector(parcels: gpd.GeoDataFrame, path: Path, layer: str = "parcels") -> None:
     """Write ``parcels`` to ``path`` in the format of its extension, atomically per file."""
     driver, parquet = vector_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if parquet:
         with atomic_path(path) as tmp:
-            parcels.to_parquet(tmp)
+            pq.write_table(geoparquet_table(parcels), tmp, row_group_size=PARQUET_ROW_GROUP)
     elif driver == "ESRI Shapefile":
         renamed = parcels.rename(columns=SHAPEFILE_COLUMNS)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.tmp-") as tmp_dir:
