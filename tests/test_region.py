@@ -15,7 +15,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 import shapely
+import shapely.geometry
 
 from s2agri.workflows import cli
 
@@ -99,10 +101,24 @@ def test_region_outputs(region: Path) -> None:
         shapely.area(shapely.intersection(geometries[left[pairs]], geometries[right[pairs]])) < 1e-6
     ).all()
     assert parcels["box_ids"].str.contains(",").any()  # some parcel crosses a box edge and was merged
+    aoi = shapely.geometry.shape(AOI["features"][0]["geometry"])
+    # clipped to the AOI: every parcel inside it, cut at its outline
+    assert shapely.covered_by(parcels.geometry.values, aoi.buffer(1e-6)).all()
+    np.testing.assert_allclose(parcels["area_m2"], shapely.area(parcels.geometry.values))
+    assert (parcels["area_m2"] >= 400 - 1e-6).all()
     with rasterio.open(region / "mosaic" / "cultivated.tif") as mosaic:
         assert (mosaic.width, mosaic.height) == (2 * 160, 2 * 160) and mosaic.crs.to_epsg() == 32633
+        assert mosaic.nodata == 255 and mosaic.dtypes[0] == "uint8"
+        outside = rasterio.features.geometry_mask([aoi], (320, 320), mosaic.transform)
+        cultivated = mosaic.read(1)
         with rasterio.open(region / "predict" / "submission" / f"{BOXES[1]}.tif") as box:
-            np.testing.assert_array_equal(mosaic.read(1)[:160, :160], box.read(1))  # north-west box
+            north_west = box.read(1)  # the challenge GeoTIFF of the box: 0/1 everywhere
+        inside = ~outside[:160, :160] & (cultivated[:160, :160] != 255)
+        np.testing.assert_array_equal(cultivated[:160, :160][inside], north_west[inside])
+        assert (cultivated[outside] == 255).all() and set(np.unique(cultivated[~outside])) <= {0, 1, 255}
+        assert outside[:20].all() and not outside[20:300, 20:140].any()  # the 50 m margin: 20 px
+    with rasterio.open(region / "mosaic" / "proba.tif") as proba:
+        assert (proba.read(1)[outside] == proba.nodata).all()
     assert (region / "mosaic" / "proba.vrt").is_file()
     assert json.loads((region / "failed.json").read_text()) == {}
 

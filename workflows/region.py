@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import shapely
 from eolearn.core import EOPatch, EOWorkflow, FeatureType, SaveTask, linearly_connect_tasks
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -38,6 +39,7 @@ from s2agri.aoi.grid import box_bbox, check_aoi, read_aoi, split_aoi, write_grid
 from s2agri.tasks.instances import PRED_INSTANCES
 from s2agri.tasks.merge import merge_parcels, trace_eopatch
 from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
+from s2agri.workflows.aoi_clip import MASK_NODATA, aoi_area, clip_parcels, clip_raster
 from s2agri.workflows.config import MappingConfig, read_config_mapping, validation_problems
 from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.export import write_vector
@@ -106,6 +108,11 @@ class PostgisExportConfig(_Strict):
 class RegionExportConfig(_Strict):
     formats: tuple[Literal["gpkg", "parquet", "fgb", "shp", "geojson"], ...] = ("gpkg",)
     mosaics: bool = True
+    clip_to_aoi: bool = Field(
+        True,
+        description="cut the parcels at the AOI outline and make mosaic pixels outside the AOI nodata "
+        "(s2agri.workflows.aoi_clip); false: whole boxes",
+    )
     postgis: PostgisExportConfig | None = None
 
 
@@ -259,8 +266,11 @@ def run_predict_stage(config: RegionConfig, out: Path, names: list[str], skip: s
     return summary
 
 
-def merge_stage(config: RegionConfig, out: Path, names: list[str]) -> int:
-    """Seamless parcels of every predicted box, written in each export format; returns the count."""
+def merge_stage(
+    config: RegionConfig, out: Path, names: list[str], area: shapely.Geometry | None = None
+) -> int:
+    """Seamless parcels of every predicted box, cut at ``area`` (the AOI) when given, written in each
+    export format; returns the count."""
     folders = [out / PREDICT / "eopatches" / name for name in names]
     folders = [folder for folder in folders if folder.is_dir()]
     frames, boxes = [], []
@@ -280,6 +290,8 @@ def merge_stage(config: RegionConfig, out: Path, names: list[str]) -> int:
         tolerance=config.mapping.vectorise.simplify_tolerance_m,
         min_area_m2=config.mapping.vectorise.min_area_m2,
     )
+    if area is not None:
+        merged = clip_parcels(merged, area, min_area_m2=config.mapping.vectorise.min_area_m2)
     for fmt in config.export.formats:
         write_vector(merged, out / f"parcels.{fmt}", layer="parcels")
     if config.export.postgis is not None:
@@ -291,8 +303,9 @@ def merge_stage(config: RegionConfig, out: Path, names: list[str]) -> int:
     return len(merged)
 
 
-def mosaic_stage(out: Path, names: list[str]) -> list[Path]:
-    """VRT and COG mosaics of the submission masks and probability COGs of the predicted boxes."""
+def mosaic_stage(out: Path, names: list[str], area: shapely.Geometry | None = None) -> list[Path]:
+    """VRT and COG mosaics of the submission masks and probability COGs of the predicted boxes; with
+    ``area`` (the AOI) from copies clipped to it, in ``mosaic/tiles/<kind>/`` (module aoi_clip)."""
     from s2agri.tasks.mosaic import write_cog_mosaic, write_vrt
 
     folder = out / MOSAIC
@@ -303,6 +316,19 @@ def mosaic_stage(out: Path, names: list[str]) -> list[Path]:
         tifs = [tif for tif in tifs if tif.is_file()]
         if not tifs:
             continue
+        if area is not None:
+            tifs = [
+                clip_raster(
+                    tif,
+                    folder / "tiles" / kind / tif.name,
+                    area,
+                    nodata=MASK_NODATA if kind == "cultivated" else None,
+                    unobserved_from=out / PREDICT / "proba" / f"{name}_proba.tif"
+                    if kind == "cultivated"
+                    else None,
+                )
+                for tif, name in ((tif, tif.name.split("_proba")[0].removesuffix(".tif")) for tif in tifs)
+            ]
         write_vrt(tifs, folder / f"{kind}.vrt")
         # overviews of a 0/1 mask by majority, of probabilities by averaging
         write_cog_mosaic(
@@ -343,11 +369,12 @@ def run_region(
 
     stage_start = time.perf_counter()
     done = sorted(_done(out / PREDICT / "eopatches", names))
-    parcels = merge_stage(config, out, done)
+    area = aoi_area(aoi, grid.crs) if config.export.clip_to_aoi else None
+    parcels = merge_stage(config, out, done, area)
     seconds["merge"] = time.perf_counter() - stage_start
     if config.export.mosaics:
         stage_start = time.perf_counter()
-        mosaic_stage(out, done)
+        mosaic_stage(out, done, area)
         seconds["mosaic"] = time.perf_counter() - stage_start
 
     write_json(out / FAILED_FILE, failed)
