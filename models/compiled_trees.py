@@ -19,7 +19,9 @@ Optional: it needs the ``fast`` extra (``pip install 's2agri[fast]'``) and a C c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -96,7 +98,11 @@ def compile_model_text(model_text: str, *, threads: int = 2) -> Path:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError(unavailable_reason())
-    with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as build:
+    chatter = io.StringIO()  # tl2cgen prints its native log lines to stdout: keep them out of the CLI's
+    with (
+        tempfile.TemporaryDirectory(dir=root, prefix=".build-") as build,
+        contextlib.redirect_stdout(chatter),
+    ):
         model_file = Path(build) / "model.txt"
         model_file.write_text(model_text)
         model = treelite.frontend.load_lightgbm_model(str(model_file))
@@ -110,6 +116,8 @@ def compile_model_text(model_text: str, *, threads: int = 2) -> Path:
         )
         partial.chmod(0o600)
         os.replace(partial, library)
+    for line in chatter.getvalue().splitlines():
+        LOGGER.debug("tl2cgen: %s", line)
     LOGGER.info("compiled the trees into %s", library)
     return library
 

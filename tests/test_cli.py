@@ -270,3 +270,43 @@ def test_workers_do_not_repeat_deprecation_warnings(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr and "deprecated" not in result.stderr
     assert len(list((tmp_path / "sim" / "eopatches").iterdir())) == 2
+
+
+def test_debug_log_is_short_and_names_no_staging_folder(tmp_path: Path) -> None:
+    """-vv: s2agri's debug lines only (libraries need -vvv); no log line, report or run file names the
+    temporary staging folder the run was written into."""
+    script = str(Path(sys.executable).with_name("s2agri"))
+    data = tmp_path / "sim"
+    simulate = [script, "simulate", str(data), "--boxes", "2", "--size", "40", "--seed", "0"]
+    subprocess.run([*simulate, "--frames-min", "6", "--frames-max", "8"], check=True, capture_output=True)
+    result = subprocess.run(
+        [
+            script,
+            "-vv",
+            "predict",
+            str(data / "eopatches"),
+            "--model",
+            "ndvi-rule",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(" DEBUG s2agri." in line for line in lines)
+    assert not [line for line in lines if " DEBUG " in line and " DEBUG s2agri." not in line]
+    assert len(lines) < 60, "\n".join(lines)
+    assert ".tmp-" not in result.stderr and f"{tmp_path / 'run'}/submission" in result.stderr
+    run = tmp_path / "run"
+    texts = [
+        *run.glob("report/**/*.html"),
+        *run.glob("report/**/*.log"),
+        *run.glob("*.json"),
+        *run.rglob("stac/**/*.json"),
+    ]
+    assert len(texts) >= 5
+    assert not [path for path in texts if ".run.tmp-" in path.read_text(encoding="utf-8")]

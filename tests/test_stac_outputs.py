@@ -44,6 +44,11 @@ def test_predict_run_has_a_valid_relative_collection(predicted: Path, tmp_path: 
     start, end = item.common_metadata.start_datetime, item.common_metadata.end_datetime
     assert item.datetime is None and start.year == end.year and start < end
     assert set(collection.assets) >= {"parcels", "run", "config", "model_card"}
+    top = json.loads((predicted / "stac" / "collection.json").read_text())
+    assert top["id"] == "s2agri-run"  # the published name, not the staging folder's
+    assert top["assets"]["parcels"]["href"] == "../parcels.gpkg"
+    assert not any(asset["href"].startswith("/") for asset in top["assets"].values())
+    assert ".tmp-" not in json.dumps(top)
     assert collection.extent.temporal.intervals[0][0] <= start
     moved = tmp_path / "moved"
     predicted.rename(moved)
@@ -51,6 +56,7 @@ def test_predict_run_has_a_valid_relative_collection(predicted: Path, tmp_path: 
         again = pystac.Collection.from_file(str(moved / "stac" / "collection.json"))
         target = next(again.get_items()).assets["probability"].get_absolute_href()
         assert Path(target).is_file() and str(target).startswith(str(moved))
+        assert Path(again.assets["parcels"].get_absolute_href()) == moved / "parcels.gpkg"
     finally:
         moved.rename(predicted)
     assert not list(predicted.glob(".stac-partial-*"))

@@ -412,14 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log progress to stderr (-v info, -vv debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log progress to stderr (-v info, -vv debug, -vvv libraries too)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
     # the same options after the command (s2agri predict ... -v); their own names so neither overrides the other
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument(
         "-v", "--verbose", dest="verbose_after", action="count", default=argparse.SUPPRESS,
-        help="log progress to stderr (-v info, -vv debug)",
+        help="log progress to stderr (-v info, -vv debug, -vvv libraries too)",
     )  # fmt: skip
     after.add_argument(
         "-q",
@@ -463,8 +467,8 @@ def verbosity(args: argparse.Namespace) -> int:
 
 
 def configure_logging(verbosity: int) -> None:
-    """WARNING by default, INFO with ``-v``, DEBUG with ``-vv``, ERROR with ``--quiet`` (-1); messages
-    go to stderr."""
+    """WARNING by default, INFO with ``-v``, s2agri's DEBUG with ``-vv`` (every library's with ``-vvv``),
+    ERROR with ``--quiet`` (-1); messages go to stderr."""
     level = (
         logging.ERROR
         if verbosity < 0
@@ -481,10 +485,13 @@ def configure_logging(verbosity: int) -> None:
     if verbosity <= 0:
         # a failing box is reported in one line by s2agri; eo-learn's traceback goes to the run's logs
         handler.addFilter(lambda record: not record.name.startswith("eolearn.core.eoworkflow"))
+    if verbosity == 2:
+        # -vv: s2agri's debug messages; the libraries' (GDAL environments, eo-learn's EOPatch dumps) need -vvv
+        handler.addFilter(lambda record: record.levelno >= logging.INFO or record.name.startswith("s2agri"))
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("s2agri").setLevel(level)
     # fiona warns on every GeoPackage eo-learn reads back (no .gpkg extension inside EOPatches)
-    logging.getLogger("fiona").setLevel(logging.WARNING if verbosity >= 2 else logging.ERROR)
+    logging.getLogger("fiona").setLevel(logging.WARNING if verbosity >= 3 else logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -71,6 +72,49 @@ def check_out(
     return out
 
 
+_STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-\d+-[^/]+$")
+#: Text files of a run folder that may name the staging folder (EOExecutor logs and report, run files).
+_TEXT_PATTERNS = ("report/**/*.html", "report/**/*.log", "*.json")
+
+
+def published_name(folder: Path) -> str:
+    """The name ``folder`` will have once published: ``run`` for a staging folder ``.run.tmp-<pid>-<x>``."""
+    match = _STAGING_NAME.match(folder.name)
+    return match.group("name") if match else folder.name
+
+
+class StagingPathFilter(logging.Filter):
+    """Log records name the final folder, not the staging folder the run writes into."""
+
+    def __init__(self, staging: Path, out: Path) -> None:
+        super().__init__()
+        self.staging, self.out = str(staging), str(out)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.staging in message:
+            record.msg, record.args = message.replace(self.staging, self.out), None
+        return True
+
+
+def rewrite_staging_paths(staging: Path, out: Path) -> int:
+    """Replace the staging folder's path by ``out`` in the run's text files (EOExecutor report and logs,
+    JSON files), each rewritten atomically; returns the number of files changed."""
+    old, new, changed = str(staging), str(out), 0
+    for pattern in _TEXT_PATTERNS:
+        for path in staging.glob(pattern):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            if old in text:
+                tmp = path.with_name(f".{path.name}.rewrite-{os.getpid()}")
+                tmp.write_text(text.replace(old, new), encoding="utf-8")
+                os.replace(tmp, path)
+                changed += 1
+    return changed
+
+
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out``, on error it is removed.
@@ -84,8 +128,13 @@ def staged_folder(out: Path) -> Iterator[Path]:
     clean_stale_staging(out)
     before = _identity(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    handlers = logging.getLogger().handlers
+    path_filter = StagingPathFilter(staging, out)
+    for handler in handlers:
+        handler.addFilter(path_filter)
     try:
         yield staging
+        rewrite_staging_paths(staging, out)
         if _identity(out) != before:
             raise _published_meanwhile(out)
         if out.exists():
@@ -103,6 +152,9 @@ def staged_folder(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        for handler in handlers:
+            handler.removeFilter(path_filter)
 
 
 def _published_meanwhile(out: Path) -> S2AgriInputError:

@@ -23,6 +23,8 @@ from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import box as shapely_box
 from shapely.geometry import mapping
 
+from s2agri.workflows.runs import published_name
+
 LOGGER = logging.getLogger(__name__)
 
 STAC_FOLDER = "stac"
@@ -98,7 +100,7 @@ def write_run_collection(
     starts = [item.common_metadata.start_datetime or item.datetime for item in items]
     ends = [item.common_metadata.end_datetime or item.datetime for item in items]
     collection = pystac.Collection(
-        id=f"s2agri-{run.name}",
+        id=f"s2agri-{published_name(run)}",
         title=title,
         description=description,
         license="other",
@@ -109,8 +111,12 @@ def write_run_collection(
             role = "metadata" if media_type == JSON else "data"
             collection.add_asset(
                 key,
+                # relative to stac/ (pystac makes only the items' assets relative): the folder can move
                 pystac.Asset(
-                    href=str(path.resolve()), media_type=media_type, title=asset_title, roles=[role]
+                    href=os.path.relpath(path.resolve(), (run / STAC_FOLDER).resolve()),
+                    media_type=media_type,
+                    title=asset_title,
+                    roles=[role],
                 ),
             )
     collection.add_items(items)
