@@ -122,6 +122,15 @@ def compile_model_text(model_text: str, *, threads: int = 2) -> Path:
     return library
 
 
+def openmp_thread_limit() -> int:
+    """The threads OpenMP may use here: ``OMP_NUM_THREADS`` (its first level; region workers set it to
+    their share of the cores), else the usable cores."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class CompiledTrees:
     """Predicts with a compiled library; picklable (the library is opened again in each process)."""
 
@@ -139,7 +148,8 @@ class CompiledTrees:
             import tl2cgen
 
             _require_private(self.library)
-            self._predictor = tl2cgen.Predictor(str(self.library), nthread=self.threads, verbose=False)
+            threads = min(self.threads, openmp_thread_limit())  # tl2cgen refuses more than OpenMP allows
+            self._predictor = tl2cgen.Predictor(str(self.library), nthread=threads, verbose=False)
         import tl2cgen
 
         rows = np.ascontiguousarray(X, dtype=np.float32)

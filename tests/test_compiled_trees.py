@@ -134,3 +134,28 @@ def test_predict_config_chooses_compiled_trees(
             prediction_task(TrainedModel("lightgbm", other), config)
     else:
         assert prediction_task(TrainedModel("lightgbm", other), config).model.compiled is None
+
+
+@needs_compiler
+def test_predictor_threads_follow_the_openmp_limit(
+    model: LightGBMPixelClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A region worker runs with OMP_NUM_THREADS=1: the model still predicts (tl2cgen refuses more)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert compiled_trees.openmp_thread_limit() == 1
+    library = compiled_trees.compile_model_text(model.booster.model_to_string(), threads=1)
+    code = (
+        "import numpy as np, sys; from s2agri.models.compiled_trees import CompiledTrees; "
+        f"print(CompiledTrees({str(library)!r}, threads=2).predict(np.zeros((3, 5), np.float32)).shape)"
+    )
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("(3,)")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")
+    assert compiled_trees.openmp_thread_limit() == 3
