@@ -18,7 +18,7 @@ from pyproj.exceptions import CRSError
 from sentinelhub import BBox
 
 from s2agri.tasks.contract import INPUT_RESOLUTION_M, is_utm_epsg
-from s2agri.workflows.errors import S2AgriInputError
+from s2agri.tasks.errors import S2AgriInputError
 
 from .grid import aoi_utm_zones
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import shapely
 
 from s2agri.aoi.grid import check_aoi, grid_format, read_aoi, split_aoi, write_grid
-from s2agri.workflows.errors import S2AgriInputError
+from s2agri.tasks.errors import S2AgriInputError
 
 
 def split_command(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ Typical use::
     for row in grid.itertuples():
         bbox = box_bbox(row, buffered=True)  # a sentinelhub BBox to fetch or simulate
 
-Bad input raises :class:`~s2agri.workflows.errors.S2AgriInputError` with a one-line message
+Bad input raises :class:`~s2agri.tasks.errors.S2AgriInputError` with a one-line message
 naming the problem and the fix (``s2agri aoi split`` prints it and exits with status 2).
 """
 
@@ -36,8 +36,8 @@ from sentinelhub import BBox
 
 from s2agri.aoi import DEFAULT_MAX_BOXES, DEFAULT_SIZE_M
 from s2agri.tasks.contract import is_utm_epsg
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.reference import polygonal_part
-from s2agri.workflows.errors import S2AgriInputError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ def box_bbox(row: Any, *, buffered: bool = False) -> BBox:
 def grid_format(path: str | os.PathLike[str]) -> tuple[str, bool]:
     """(OGR driver, GeoParquet?) of a grid file from its extension, as ``s2agri export``; a Shapefile
     (which cuts column names to 10 characters) or an unknown extension is an input error."""
-    from s2agri.workflows.export import vector_format
+    from s2agri.tasks.vector_export import vector_format
 
     path = Path(path)
     driver, parquet = vector_format(path)

@@ -23,8 +23,8 @@ from s2agri.aoi.grid import (
     utm_zone_epsg,
     write_grid,
 )
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.workflows import cli
-from s2agri.workflows.errors import S2AgriInputError
 
 #: An L in EPSG:32633 over the 5 km cells (450000, 5080000), (455000, 5080000) and (450000, 5085000);
 #: its bounds also cover (455000, 5085000), which it does not touch.

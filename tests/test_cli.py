@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.workflows import cli
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.validate import Violation
 
 

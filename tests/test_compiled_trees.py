@@ -108,8 +108,8 @@ def test_refitting_drops_compiled_trees(model: LightGBMPixelClassifier) -> None:
 def test_predict_config_chooses_compiled_trees(
     model: LightGBMPixelClassifier, setting: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from s2agri.tasks.errors import S2AgriInputError
     from s2agri.workflows.config import MappingConfig
-    from s2agri.workflows.errors import S2AgriInputError
     from s2agri.workflows.mapping import prediction_task
     from s2agri.workflows.model_store import TrainedModel
 

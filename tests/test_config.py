@@ -7,8 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.workflows.config import MappingConfig, dump_config, load_config
-from s2agri.workflows.errors import S2AgriInputError
 
 
 def test_defaults_work_without_a_file() -> None:

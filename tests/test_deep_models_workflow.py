@@ -15,6 +15,7 @@ from eolearn.core import EOPatch
 from s2agri.models.presets import paper_configs, preset_kwargs
 from s2agri.models.registry import create_model
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.monthly import monthly_inputs
 from s2agri.tasks.predict_deep import model_input
@@ -22,7 +23,6 @@ from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
 from s2agri.tasks.tensors import PercentileNormaliser
 from s2agri.workflows import cli
 from s2agri.workflows.config import DEEP_MODELS, PARCEL_MODELS, PIXEL_MODELS, MappingConfig, ModelName
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.model_store import load_trained
 from s2agri.workflows.simulate import simulate_region
 from s2agri.workflows.train_deep import frames_for, model_kwargs, months_for

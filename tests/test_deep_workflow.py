@@ -14,13 +14,13 @@ from eolearn.core import EOPatch
 from s2agri.models.inference import predict_tiled
 from s2agri.models.registry import create_model
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.predict_deep import DeepModelPredictTask, model_input
 from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
 from s2agri.tasks.tensors import PercentileNormaliser
 from s2agri.workflows import cli
 from s2agri.workflows.config import MappingConfig
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.model_store import load_trained
 from s2agri.workflows.simulate import simulate_region
 from s2agri.workflows.train_deep import frames_for, model_kwargs

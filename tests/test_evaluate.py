@@ -12,9 +12,9 @@ from eolearn.core import EOPatch
 from sentinelhub import BBox
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.metrics import box_scores, confusion, mcc
 from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.evaluate import evaluate_boxes, format_table, quicklook, write_metrics
 
 

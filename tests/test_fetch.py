@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from s2agri.aoi.bbox import box_from_arguments
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.tasks.sources.simulator import simulate_eopatch
 from s2agri.workflows import cli
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.workflows.region import RegionConfig
 from s2agri.workflows.sources import (
     ParcelsConfig,

@@ -33,9 +33,9 @@ from fake_geodb import (
 )
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.tasks.sources.geodb import GeoDBParcelsTask, geodb_client, read_parcels_geodb
 from s2agri.tasks.sources.simulator import box_bbox, generate_landscape
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
 
 BBOX = box_bbox(*BOX)
 AI4EO = ("ai4eo_reference", "ai4eo")  # collection, database

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pyproj
 import shapely
 
+from s2agri.tasks.vector_export import GEOPARQUET_VERSION, PARQUET_ROW_GROUP, write_vector
 from s2agri.tasks.vectorise import empty_parcels
-from s2agri.workflows.export import GEOPARQUET_VERSION, PARQUET_ROW_GROUP, write_vector
 
 
 def _parcels(n: int) -> gpd.GeoDataFrame:

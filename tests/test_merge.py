@@ -17,8 +17,8 @@ from sentinelhub import CRS, BBox
 from s2agri.tasks import merge as merge_module
 from s2agri.tasks.merge import MERGED_COLUMNS, merge_parcels, trace_boxes, trace_eopatch
 from s2agri.tasks.prediction import BOX_ID_KEY, PRED_CULTIVATED, PRED_PROBA
+from s2agri.tasks.vector_export import write_vector
 from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
-from s2agri.workflows.export import write_vector
 
 SIZE = 40  # pixels per box side: 100 m boxes at 2.5 m
 ORIGIN = (500000.0, 5100000.0)

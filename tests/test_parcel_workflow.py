@@ -15,13 +15,13 @@ from s2agri.models.parcel import TempCNN
 from s2agri.models.parcel_training import ParcelFeatureScaler, fit_parcel_classifier
 from s2agri.models.registry import create_model
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.predict_parcel import ParcelClassifierTask, parcel_series
 from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
 from s2agri.tasks.zonal import PARCEL_STATS, ZonalStatisticsTask, parcel_index_map
 from s2agri.workflows import cli
 from s2agri.workflows.config import MappingConfig
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.model_store import load_trained
 from s2agri.workflows.simulate import simulate_region
 from s2agri.workflows.train_parcel import parcel_model_kwargs, train_parcel_model

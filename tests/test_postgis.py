@@ -19,9 +19,9 @@ from postgres_server import PASSWORD, free_port, postgis_dsn  # noqa: F401 (the 
 from sentinelhub import CRS, BBox
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.tasks.sources.simulator import box_bbox, simulate_eopatch
 from s2agri.tasks.vectorise import PARCELS_PRED
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
 
 psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is missing: pip install 's2agri[postgis]'")
 postgis = pytest.importorskip("s2agri.tasks.sources.postgis")

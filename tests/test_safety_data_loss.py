@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_workflows import FAST_CONFIG, config_file, model, region  # noqa: F401 (fixtures)
 
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.workflows import cli
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.runs import staged_folder
 
 

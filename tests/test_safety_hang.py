@@ -9,7 +9,7 @@ import pytest
 from fake_sentinelhub import FakeSentinelHub
 from test_sentinelhub import _isolated, config_for, fake, fetch  # noqa: F401 (fixtures: _isolated is autouse)
 
-from s2agri.workflows.errors import S2AgriSourceError
+from s2agri.tasks.errors import S2AgriSourceError
 
 
 def test_a_token_endpoint_that_never_answers_times_out(fake: FakeSentinelHub) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.secrets import redact_uri, uri_secret
 from s2agri.tasks.sources.sentinelhub import sentinelhub_config
 from s2agri.workflows import cli
 from s2agri.workflows.config import validation_problems
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.region import RegionConfig
 
 

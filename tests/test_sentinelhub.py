@@ -21,9 +21,9 @@ from sentinelhub import CRS, BBox, DataCollection, SentinelHubDownloadClient, SH
 from sentinelhub.exceptions import SHRateLimitWarning
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.tasks.sources.sentinelhub import L2AInputTask, l2a_collection, sentinelhub_config
 from s2agri.tasks.sources.simulator import box_bbox, simulate_eopatch
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.workflows.validate import validate_eopatch
 
 SEED, SIZE, FRAMES = 7, 48, 4

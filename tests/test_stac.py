@@ -28,10 +28,10 @@ from pyproj import Transformer
 from sentinelhub import CRS, BBox
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.tasks.sources.simulator import acquisition_dates, simulate_eopatch
 from s2agri.tasks.sources.stac import EARTH_SEARCH_ASSETS, StacInputTask
 from s2agri.tasks.sources.stac_catalog import write_stac_catalog
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.workflows.validate import validate_eopatch
 
 SEED = 0

@@ -17,9 +17,9 @@ import pytest
 import shapely
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.sources.simulator import box_bbox, generate_landscape
 from s2agri.tasks.sources.vector import VectorParcelsTask, read_parcels_file
-from s2agri.workflows.errors import S2AgriInputError
 
 BBOX = box_bbox(0, 60)
 UTM = contract.CHALLENGE_CRS_EPSG

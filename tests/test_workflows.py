@@ -13,6 +13,7 @@ import shapely
 from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.metrics import box_scores
 from s2agri.tasks.prediction import (
     INPUT_KEY,
@@ -23,7 +24,6 @@ from s2agri.tasks.prediction import (
 )
 from s2agri.tasks.vectorise import PARCELS_PRED
 from s2agri.workflows import cli
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.mapping import box_seed_id
 from s2agri.workflows.runs import find_boxes, preflight, staged_folder
 from s2agri.workflows.simulate import simulate_region

@@ -5,7 +5,7 @@ and a handler ``(args) -> exit status`` that imports its workflow lazily, so ``s
 stays fast. To add a subcommand, write the two functions and register them in ``COMMANDS``.
 
 Exit status: 0 success, 1 a check failed (e.g. ``validate`` found violations), 2 bad input
-(argparse errors and :class:`~s2agri.workflows.errors.S2AgriInputError`, printed as one line
+(argparse errors and :class:`~s2agri.tasks.errors.S2AgriInputError`, printed as one line
 ``s2agri: error: <message>``), 130 interrupted.
 """
 
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from s2agri.models.names import TRAINABLE_MODELS
-from s2agri.workflows.errors import S2AgriInputError
 
 logger = logging.getLogger(__name__)
 
@@ -516,6 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """``args.run(args)`` with the command line's error handling: one line and an exit status."""
+    # imported here: s2agri.tasks loads eo-learn, which --help and --version do not need
+    from s2agri.tasks.errors import S2AgriInputError
+
     logger.debug("s2agri %s: %s", package_version(), args)
     try:
         return args.run(args)

@@ -21,7 +21,7 @@ from s2agri.models.names import (  # noqa: F401 (re-exported)
     TRAINABLE_MODELS,
 )
 from s2agri.models.trainer_config import TrainerConfig
-from s2agri.workflows.errors import S2AgriInputError
+from s2agri.tasks.errors import S2AgriInputError
 
 
 class _Strict(BaseModel):

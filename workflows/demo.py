@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.workflows.config import MappingConfig, load_config
 from s2agri.workflows.demo_settings import DEFAULT_SEED, DEFAULT_SIZE, DEFAULT_TEST, DEFAULT_TRAIN
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.evaluate import evaluate_boxes, format_table, quicklook, summary_rows, write_metrics
 from s2agri.workflows.model_store import load_trained
 from s2agri.workflows.predict import PARCELS_FILE, predict_boxes

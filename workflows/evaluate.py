@@ -19,6 +19,7 @@ import shapely
 from eolearn.core import EOPatch, FeatureType
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.export import atomic_write_text, target_grid
 from s2agri.tasks.metrics import SCORE_KEYS, box_confusions, pool_confusions, scores, summarise
 from s2agri.tasks.objects import (
@@ -31,7 +32,6 @@ from s2agri.tasks.objects import (
 )
 from s2agri.tasks.prediction import INPUT_KEY, INPUT_RELATIVE_KEY, PRED_CULTIVATED, PRED_MODEL_KEY
 from s2agri.tasks.vectorise import PARCELS_PRED
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.validate import scan_eopatch
 
 LOGGER = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from sentinelhub import BBox
 
 from s2agri.aoi.bbox import box_from_arguments
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.reference import RasteriseReferenceTask
 from s2agri.workflows.config import validation_problems
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.runs import check_out, staged_folder
 from s2agri.workflows.sources import (
     ParcelsConfig,

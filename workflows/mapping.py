@@ -47,6 +47,7 @@ from eolearn.core.types import Feature
 from s2agri.models.baselines import LightGBMPixelClassifier
 from s2agri.models.sampling import STATS5X5, sample_eopatch
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
 from s2agri.tasks.instances import PRED_INSTANCES, InstanceSegmentationTask
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask, valid_frame_filter
@@ -69,7 +70,6 @@ from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
 from s2agri.tasks.weights import weight_map
 from s2agri.tasks.zonal import PARCEL_STATS, PaintParcelPredictionsTask, ZonalStatisticsTask
 from s2agri.workflows.config import PARCEL_MODELS, MappingConfig
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.model_store import TrainedModel, with_model_inputs
 
 LOGGER = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from pydantic import ValidationError
 
 from s2agri.models import rule
 from s2agri.models.registry import available_models, load_model, model_summary
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.export import atomic_write_text
-from s2agri.workflows.errors import S2AgriInputError
 
 if TYPE_CHECKING:
     from s2agri.workflows.config import MappingConfig

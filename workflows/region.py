@@ -36,13 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from s2agri.aoi import demo_aoi_path
 from s2agri.aoi.grid import box_bbox, check_aoi, read_aoi, split_aoi, write_grid
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.instances import PRED_INSTANCES
 from s2agri.tasks.merge import merge_parcels, trace_eopatch
 from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
+from s2agri.tasks.vector_export import write_vector
 from s2agri.workflows.aoi_clip import MASK_NODATA, aoi_area, clip_parcels, clip_raster
 from s2agri.workflows.config import MappingConfig, read_config_mapping, validation_problems
-from s2agri.workflows.errors import S2AgriInputError
-from s2agri.workflows.export import write_vector
 from s2agri.workflows.fetch import box_tasks
 from s2agri.workflows.mapping import PredictionWorkflow, PublishTask, partial_name
 from s2agri.workflows.model_store import MODEL_CARD, UNTRAINED_MODELS, load_trained

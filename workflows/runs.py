@@ -26,9 +26,9 @@ from typing import Any
 from eolearn.core import EOExecutor, EOWorkflow
 from eolearn.core.types import Feature
 
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.export import atomic_write_text
 from s2agri.tasks.safe_io import pickled_arrays
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.validate import read_npy_header, scan_eopatch
 
 LOGGER = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from eolearn.core import (
 )
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.reference import RasteriseReferenceTask
 from s2agri.tasks.sources.simulator import SimulatorInputTask, box_bbox, max_frames
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.runs import EOPATCHES, execute, staged_folder
 
 LOGGER = logging.getLogger(__name__)

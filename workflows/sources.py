@@ -31,8 +31,8 @@ from eolearn.core import EOTask
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.secrets import redact_uri, uri_secret
-from s2agri.workflows.errors import S2AgriInputError
 
 SOURCE_KINDS = ("simulator", "sentinelhub", "stac")
 EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from s2agri.models.sampling import SampleAccumulator, SampleSet
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.metrics import Confusion, mcc
 from s2agri.tasks.predict_pixel import train_pixel_model
 from s2agri.workflows.config import DEEP_MODELS, PARCEL_MODELS, MappingConfig, dump_config, load_config
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.mapping import SAMPLES, SamplingWorkflow, required_inputs
 from s2agri.workflows.model_store import save_trained
 from s2agri.workflows.runs import (

@@ -38,13 +38,13 @@ from s2agri.models.training import (
     build_model_from_checkpoint,
 )
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.metrics import box_confusions, pool_confusions, scores
 from s2agri.tasks.predict_deep import DeepModelPredictTask
 from s2agri.tasks.prediction import PRED_CULTIVATED
 from s2agri.tasks.tensors import PercentileNormaliser
 from s2agri.workflows.config import MONTHLY_MODELS, MappingConfig
-from s2agri.workflows.errors import S2AgriInputError
 from s2agri.workflows.model_store import save_card
 
 LOGGER = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ Connection settings default to what the client reads itself: ``GEODB_API_SERVER_
 ``GEODB_AUTH_DOMAIN``, ``GEODB_AUTH_AUD`` (or ``GEODB_AUTH_ACCESS_TOKEN``), also from a ``.env`` file.
 The database defaults to the user's own (``whoami``). Collection and database names must be plain
 identifiers (checked before any request). Bad names and columns raise
-:class:`~s2agri.workflows.errors.S2AgriInputError`; missing or refused credentials, an unknown
-collection, an unreachable server or a time-out raise :class:`~s2agri.workflows.errors.S2AgriSourceError`,
+:class:`~s2agri.tasks.errors.S2AgriInputError`; missing or refused credentials, an unknown
+collection, an unreachable server or a time-out raise :class:`~s2agri.tasks.errors.S2AgriSourceError`,
 in one line and never with a secret.
 """
 
@@ -35,7 +35,7 @@ from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
 from sentinelhub import BBox
 
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 
 from .. import contract
 from .parcels import bounds_in_crs, empty_reference, resolve_bbox, to_reference

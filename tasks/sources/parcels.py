@@ -19,7 +19,7 @@ import shapely
 from eolearn.core import EOPatch
 from sentinelhub import BBox
 
-from s2agri.workflows.errors import S2AgriInputError
+from s2agri.tasks.errors import S2AgriInputError
 
 from ..reference import label_codes, polygonal_part, repair_parcels
 

@@ -20,9 +20,9 @@ Names (schema, table, columns) must be plain SQL identifiers (letters, digits, `
 checked before connecting and always quoted, and values travel as query parameters. The DSN is a
 libpq URI or key=value string; messages and logs show it redacted (``postgresql://user:***@host:
 port/db``). Keep the password out of the DSN with ``PGPASSWORD`` or ``~/.pgpass`` where you can.
-Bad names, tables, columns or values raise :class:`~s2agri.workflows.errors.S2AgriInputError`;
+Bad names, tables, columns or values raise :class:`~s2agri.tasks.errors.S2AgriInputError`;
 an unreachable server, a refused login, a time-out or a server failure raise
-:class:`~s2agri.workflows.errors.S2AgriSourceError`.
+:class:`~s2agri.tasks.errors.S2AgriSourceError`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
 from sentinelhub import BBox
 
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 
 from .. import contract
 from ..prediction import box_name

@@ -53,8 +53,8 @@ from sentinelhub.exceptions import (
 from sentinelhub.types import RawTimeIntervalType
 
 from s2agri.tasks import contract
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 from s2agri.tasks.secrets import redact_uri, uri_secret
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from rasterio.windows import Window, from_bounds
 from sentinelhub import BBox
 from sentinelhub.time_utils import parse_time_interval
 
-from s2agri.workflows.errors import S2AgriInputError, S2AgriSourceError
+from s2agri.tasks.errors import S2AgriInputError, S2AgriSourceError
 
 from .. import contract
 

@@ -50,7 +50,7 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from rasterio.transform import Affine
 from sentinelhub import BBox
 
-from s2agri.workflows.errors import S2AgriInputError
+from s2agri.tasks.errors import S2AgriInputError
 
 from .. import contract
 from .simulator import BoxSimulator

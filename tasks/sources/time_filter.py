@@ -7,7 +7,7 @@ import datetime as dt
 from eolearn.core import EOPatch
 from eolearn.features import FilterTimeSeriesTask
 
-from s2agri.workflows.errors import S2AgriSourceError
+from s2agri.tasks.errors import S2AgriSourceError
 
 
 class TimeIntervalFilterTask(FilterTimeSeriesTask):

@@ -9,7 +9,7 @@ with the count), or reported with their ids when ``on_invalid="error"``.
 
 The last part (columns, codes, reprojection, repair, exact intersects, clipping) is
 :func:`~s2agri.tasks.sources.parcels.to_reference`, shared with the other parcel sources.
-Bad files and parcels raise :class:`~s2agri.workflows.errors.S2AgriInputError`, in one line.
+Bad files and parcels raise :class:`~s2agri.tasks.errors.S2AgriInputError`, in one line.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
 from sentinelhub import BBox
 
-from s2agri.workflows.errors import S2AgriInputError
+from s2agri.tasks.errors import S2AgriInputError
 
 from .. import contract
 from .parcels import OnInvalid, bounds_in_crs, require_columns, resolve_bbox, to_reference
