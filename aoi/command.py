@@ -1,6 +1,7 @@
 """``s2agri aoi``: areas of interest for regional batch mapping.
 
-``s2agri aoi split AOI --size 5000 --out grid.gpkg`` reads the AOI, checks it
+``s2agri aoi split AOI --size 5000 --out grid.gpkg`` reads the AOI (a vector file, or ``demo``: the
+AOI shipped with s2agri, as in a region config), checks it
 (:func:`~s2agri.aoi.grid.check_aoi`), splits it into a UTM grid of boxes
 (:func:`~s2agri.aoi.grid.split_aoi`) and writes the grid under a temporary name renamed into
 place. Every check runs before anything is written, so bad input leaves no file behind.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import shapely
 
+from s2agri.aoi import demo_aoi_path
 from s2agri.aoi.grid import check_aoi, grid_format, read_aoi, split_aoi, write_grid
 from s2agri.tasks.errors import S2AgriInputError
 
@@ -23,7 +25,8 @@ def split_command(args: argparse.Namespace) -> int:
     grid_format(out)
     if out.exists() and not args.overwrite:
         raise S2AgriInputError(f"{out} exists: choose another path or add --overwrite")
-    aoi = check_aoi(read_aoi(args.aoi, args.layer), repair=args.repair, crs=args.crs)
+    source = demo_aoi_path() if args.aoi == "demo" and not Path(args.aoi).exists() else args.aoi
+    aoi = check_aoi(read_aoi(source, args.layer), repair=args.repair, crs=args.crs)
     grid = split_aoi(aoi, args.size, args.buffer, max_boxes=args.max_boxes, confirm_large=args.yes)
     write_grid(grid, out, overwrite=args.overwrite)
     epsg = int(grid["epsg"].iloc[0])

@@ -453,6 +453,11 @@ def test_cli_split_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     grid = gpd.read_file(out, layer="grid", engine="pyogrio")
     assert grid["name"].tolist()[0] == "32633_450000_5080000" and len(grid) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.gpkg"]
+    # 'demo' names the same shipped AOI, as in a region config
+    by_name = tmp_path / "by-name.gpkg"
+    assert cli.main(["aoi", "split", "demo", "--out", str(by_name)]) == 0
+    assert "into 5 boxes of 5000 m" in capsys.readouterr().out
+    assert gpd.read_file(by_name, layer="grid")["name"].tolist() == grid["name"].tolist()
 
 
 def test_cli_split_geographic_with_crs_auto_and_buffer(

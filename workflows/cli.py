@@ -227,7 +227,11 @@ def _add_aoi_arguments(parser: argparse.ArgumentParser) -> None:
         help="split an AOI into a UTM grid of square boxes",
         description="split an AOI into a UTM grid of square boxes named <epsg>_<min_x>_<min_y>",
     )
-    split.add_argument("aoi", metavar="AOI", help="AOI polygons (.gpkg .geojson .shp .fgb .parquet)")
+    split.add_argument(
+        "aoi",
+        metavar="AOI",
+        help="AOI polygons (.gpkg .geojson .shp .fgb .parquet), or 'demo' for the AOI shipped with s2agri",
+    )
     split.add_argument(
         "--out", required=True, metavar="FILE", help="grid file (.gpkg .geojson .fgb .parquet .shp)"
     )
