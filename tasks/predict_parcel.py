@@ -4,7 +4,7 @@
 ZonalStatisticsTask`) and its frame dates, builds the model input (:func:`parcel_series`: monthly
 medians of ``months`` or one step per frame, scaled with the training scaler, NaN = missing step),
 predicts with :func:`s2agri.models.parcel.predict_proba` and writes the probabilities into the
-table's ``proba`` column; :class:`s2agri.tasks.zonal.PaintParcelPredictionsTask` paints them at 2.5 m.
+table's ``proba`` column; :class:`PaintParcelPredictionsTask` paints them at 2.5 m.
 
 Day-of-year positions (the 15th of each month, or the frame dates) are always passed to the model:
 the transformer encodes them, the others ignore them. Every parcel is predicted (not declared ones
@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Literal
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import torch
@@ -27,7 +28,17 @@ from eolearn.core.types import Feature
 
 from s2agri.models.parcel import predict_proba
 from s2agri.models.parcel_training import ParcelFeatureScaler
-from s2agri.tasks.zonal import DEFAULT_MONTHS, PARCEL_STATS, parcel_dates, parcel_model_inputs
+from s2agri.tasks import contract
+from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA, feature_array, write_prediction
+from s2agri.tasks.zonal import (
+    DEFAULT_MONTHS,
+    PARCEL_STATS,
+    box_geometries,
+    feature_label,
+    parcel_dates,
+    parcel_model_inputs,
+    rasterise_values,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -112,3 +123,81 @@ class ParcelClassifierTask(EOTask):
         table[self.probability_column] = proba
         eopatch[self.stats_feature] = table
         return eopatch
+
+
+class PaintParcelPredictionsTask(EOTask):
+    """Per-parcel probabilities painted on the 2.5 m grid as ``PRED_PROBA`` and ``PRED_CULTIVATED``.
+
+    The parcels (default ``vector_timeless/PARCEL_STATS``, or a GeoDataFrame) carry a probability
+    column (default ``proba``) in [0, 1]; NaN means no prediction (background). Each parcel,
+    buffered by ``buffer`` m (default the challenge's -2.5 m, so the painted footprint is exactly the
+    reference's), is rasterised at ``scale`` x the grid of ``reference_feature`` with
+    ``all_touched=False`` (later rows win where parcels overlap); background is 0. The result is
+    written with :func:`s2agri.tasks.prediction.write_prediction`: ``data_timeless/PRED_PROBA``
+    float32 and ``mask_timeless/PRED_CULTIVATED`` bool (``proba >= threshold``, background False),
+    ``meta_info["PRED_MODEL"] = model_name``.
+    """
+
+    def __init__(
+        self,
+        parcels: gpd.GeoDataFrame | Feature = PARCEL_STATS,
+        probability_column: str = "proba",
+        model_name: str = "parcel",
+        threshold: float = 0.5,
+        *,
+        buffer: float = contract.REFERENCE_BUFFER_M,
+        reference_feature: Feature = contract.BANDS,
+        scale: int = contract.SCALE,
+        proba_feature: Feature = PRED_PROBA,
+        mask_feature: Feature = PRED_CULTIVATED,
+    ):
+        self.parcels = parcels
+        self.probability_column = probability_column
+        self.model_name = model_name
+        self.threshold = float(threshold)
+        self.buffer = float(buffer)
+        self.reference_feature = reference_feature
+        self.scale = int(scale)
+        self.proba_feature = proba_feature
+        self.mask_feature = mask_feature
+
+    def execute(self, eopatch: EOPatch) -> EOPatch:
+        if eopatch.bbox is None:
+            raise ValueError("the EOPatch has no bbox: painting parcels needs its extent and CRS")
+        if isinstance(self.parcels, gpd.GeoDataFrame):
+            parcels = self.parcels
+        else:
+            if self.parcels not in eopatch:
+                raise ValueError(
+                    f"the EOPatch has no {feature_label(self.parcels)}: run ZonalStatisticsTask and a classifier"
+                )
+            parcels = eopatch[self.parcels]
+        if self.probability_column not in parcels.columns:
+            raise ValueError(
+                f"the parcels have no '{self.probability_column}' column: add the per-parcel probabilities"
+            )
+        proba = pd.to_numeric(parcels[self.probability_column]).to_numpy(dtype=np.float64)
+        known = np.isfinite(proba)
+        if known.any() and (proba[known].min() < 0.0 or proba[known].max() > 1.0):
+            raise ValueError(f"'{self.probability_column}' holds values outside [0, 1]: give probabilities")
+        height, width = feature_array(eopatch, self.reference_feature).shape[-3:-1]
+        shape = (self.scale * int(height), self.scale * int(width))
+        if len(parcels) and known.any():
+            rows = parcels[known]
+            geometries = box_geometries(rows, eopatch.bbox, self.buffer)
+            painted = rasterise_values(
+                geometries, proba[known].astype(np.float32), eopatch.bbox, shape, 0.0, np.float32
+            )
+        else:
+            painted = np.zeros(shape, dtype=np.float32)
+        LOGGER.debug("painted %d parcel predictions at %s", int(known.sum()), shape)
+        return write_prediction(
+            eopatch,
+            painted,
+            self.model_name,
+            self.threshold,
+            reference_feature=self.reference_feature,
+            scale=self.scale,
+            proba_feature=self.proba_feature,
+            mask_feature=self.mask_feature,
+        )

@@ -1,4 +1,4 @@
-"""Parcel-level (object-aggregated) time series: zonal statistics per parcel and date, and back to 2.5 m.
+"""Parcel-level (object-aggregated) time series: zonal statistics per parcel and date.
 
 Seed 004's object aggregated dataset (OAD): per parcel and acquisition, the mean and the standard
 deviation of each band over the parcel's pixels, as the input of parcel classifiers
@@ -10,8 +10,9 @@ deviation of each band over the parcel's pixels, as the input of parcel classifi
 * :func:`read_parcel_series`, :func:`fill_missing`, :func:`monthly_composites`,
   :func:`parcel_model_inputs`, :func:`parcel_targets`: model inputs (N, T, 2C) and targets.
 * :func:`zonal_attributes`: a compact per-month attribute table for GIS export (Shapefile names).
-* :class:`PaintParcelPredictionsTask`: per-parcel probabilities painted on the 2.5 m grid as
-  ``PRED_PROBA`` / ``PRED_CULTIVATED``, so the usual 2.5 m scoring applies.
+* :func:`box_geometries`, :func:`rasterise_values`: the helpers with which
+  :class:`s2agri.tasks.predict_parcel.PaintParcelPredictionsTask` paints per-parcel probabilities on
+  the 2.5 m grid, so the usual 2.5 m scoring applies.
 
 **Pixels of a parcel, and the challenge's -2.5 m buffer.** The challenge rasterised its reference
 at 2.5 m after shrinking every parcel by 2.5 m (``contract.REFERENCE_BUFFER_M``, ``all_touched=False``):
@@ -58,7 +59,7 @@ from sentinelhub import BBox
 
 from . import contract
 from .masks import REFLECTANCE, VALID
-from .prediction import PRED_CULTIVATED, PRED_PROBA, feature_array, write_prediction
+from .prediction import feature_array
 
 LOGGER = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ _COUNT_RE = re.compile(r"^count_(\d+)$")
 _MEAN_RE = re.compile(r"^mean_(.+)_(\d+)$")
 
 
-def _name(feature: Feature) -> str:
+def feature_label(feature: Feature) -> str:
     return f"{feature[0].value}/{feature[1]}"
 
 
@@ -94,7 +95,7 @@ def stat_column(stat: str, band: str, t: int) -> str:
     return f"{stat}_{band}_{t:02d}"
 
 
-def _box_geometries(parcels: gpd.GeoDataFrame, bbox: BBox, buffer: float) -> gpd.GeoSeries:
+def box_geometries(parcels: gpd.GeoDataFrame, bbox: BBox, buffer: float) -> gpd.GeoSeries:
     """The parcels' geometries in the box CRS, buffered by ``buffer`` m (index kept)."""
     if parcels.crs is None:
         raise ValueError("parcels have no CRS: set one (e.g. EPSG:32633) before rasterising")
@@ -108,7 +109,7 @@ def _box_geometries(parcels: gpd.GeoDataFrame, bbox: BBox, buffer: float) -> gpd
     return geometries
 
 
-def _rasterise(
+def rasterise_values(
     geometries: gpd.GeoSeries,
     values: np.ndarray,
     bbox: BBox,
@@ -146,8 +147,8 @@ def parcel_index_map(
         raise ValueError(f"{len(parcels)} parcels do not fit an int32 index map: split the layer")
     if parcels.empty:
         return np.full(tuple(int(s) for s in shape_10m), -1, dtype=np.int32)
-    geometries = _box_geometries(parcels, bbox, buffer)
-    return _rasterise(geometries, np.arange(len(parcels)), bbox, shape_10m, -1, np.int32)
+    geometries = box_geometries(parcels, bbox, buffer)
+    return rasterise_values(geometries, np.arange(len(parcels)), bbox, shape_10m, -1, np.int32)
 
 
 def zonal_statistics(
@@ -385,11 +386,11 @@ class ZonalStatisticsTask(EOTask):
             return self.parcels
         if self.parcels not in eopatch:
             raise ValueError(
-                f"the EOPatch has no {_name(self.parcels)}: add the parcel polygons or pass a GeoDataFrame"
+                f"the EOPatch has no {feature_label(self.parcels)}: add the parcel polygons or pass a GeoDataFrame"
             )
         parcels = eopatch[self.parcels]
         if not isinstance(parcels, gpd.GeoDataFrame):
-            raise ValueError(f"{_name(self.parcels)} is not a GeoDataFrame")
+            raise ValueError(f"{feature_label(self.parcels)} is not a GeoDataFrame")
         return parcels
 
     def execute(self, eopatch: EOPatch) -> EOPatch:
@@ -399,7 +400,7 @@ class ZonalStatisticsTask(EOTask):
         valid = feature_array(eopatch, self.valid_feature)
         if reflectance.ndim != 4 or reflectance.shape[-1] != len(self.bands):
             raise ValueError(
-                f"{_name(self.reflectance_feature)} has shape {reflectance.shape}: expected (T, H, W, {len(self.bands)})"
+                f"{feature_label(self.reflectance_feature)} has shape {reflectance.shape}: expected (T, H, W, {len(self.bands)})"
             )
         parcels = self._input_parcels(eopatch)
         index_map = parcel_index_map(parcels, eopatch.bbox, reflectance.shape[1:3], buffer=self.buffer)
@@ -575,81 +576,3 @@ def zonal_attributes(
     if too_long:
         raise ValueError(f"attribute names over 10 characters: {too_long[:5]} (band names too long?)")
     return gpd.GeoDataFrame(data, geometry=table.geometry.to_numpy(), crs=table.crs)
-
-
-class PaintParcelPredictionsTask(EOTask):
-    """Per-parcel probabilities painted on the 2.5 m grid as ``PRED_PROBA`` and ``PRED_CULTIVATED``.
-
-    The parcels (default ``vector_timeless/PARCEL_STATS``, or a GeoDataFrame) carry a probability
-    column (default ``proba``) in [0, 1]; NaN means no prediction (background). Each parcel,
-    buffered by ``buffer`` m (default the challenge's -2.5 m, so the painted footprint is exactly the
-    reference's), is rasterised at ``scale`` x the grid of ``reference_feature`` with
-    ``all_touched=False`` (later rows win where parcels overlap); background is 0. The result is
-    written with :func:`s2agri.tasks.prediction.write_prediction`: ``data_timeless/PRED_PROBA``
-    float32 and ``mask_timeless/PRED_CULTIVATED`` bool (``proba >= threshold``, background False),
-    ``meta_info["PRED_MODEL"] = model_name``.
-    """
-
-    def __init__(
-        self,
-        parcels: gpd.GeoDataFrame | Feature = PARCEL_STATS,
-        probability_column: str = "proba",
-        model_name: str = "parcel",
-        threshold: float = 0.5,
-        *,
-        buffer: float = contract.REFERENCE_BUFFER_M,
-        reference_feature: Feature = contract.BANDS,
-        scale: int = contract.SCALE,
-        proba_feature: Feature = PRED_PROBA,
-        mask_feature: Feature = PRED_CULTIVATED,
-    ):
-        self.parcels = parcels
-        self.probability_column = probability_column
-        self.model_name = model_name
-        self.threshold = float(threshold)
-        self.buffer = float(buffer)
-        self.reference_feature = reference_feature
-        self.scale = int(scale)
-        self.proba_feature = proba_feature
-        self.mask_feature = mask_feature
-
-    def execute(self, eopatch: EOPatch) -> EOPatch:
-        if eopatch.bbox is None:
-            raise ValueError("the EOPatch has no bbox: painting parcels needs its extent and CRS")
-        if isinstance(self.parcels, gpd.GeoDataFrame):
-            parcels = self.parcels
-        else:
-            if self.parcels not in eopatch:
-                raise ValueError(
-                    f"the EOPatch has no {_name(self.parcels)}: run ZonalStatisticsTask and a classifier"
-                )
-            parcels = eopatch[self.parcels]
-        if self.probability_column not in parcels.columns:
-            raise ValueError(
-                f"the parcels have no '{self.probability_column}' column: add the per-parcel probabilities"
-            )
-        proba = pd.to_numeric(parcels[self.probability_column]).to_numpy(dtype=np.float64)
-        known = np.isfinite(proba)
-        if known.any() and (proba[known].min() < 0.0 or proba[known].max() > 1.0):
-            raise ValueError(f"'{self.probability_column}' holds values outside [0, 1]: give probabilities")
-        height, width = feature_array(eopatch, self.reference_feature).shape[-3:-1]
-        shape = (self.scale * int(height), self.scale * int(width))
-        if len(parcels) and known.any():
-            rows = parcels[known]
-            geometries = _box_geometries(rows, eopatch.bbox, self.buffer)
-            painted = _rasterise(
-                geometries, proba[known].astype(np.float32), eopatch.bbox, shape, 0.0, np.float32
-            )
-        else:
-            painted = np.zeros(shape, dtype=np.float32)
-        LOGGER.debug("painted %d parcel predictions at %s", int(known.sum()), shape)
-        return write_prediction(
-            eopatch,
-            painted,
-            self.model_name,
-            self.threshold,
-            reference_feature=self.reference_feature,
-            scale=self.scale,
-            proba_feature=self.proba_feature,
-            mask_feature=self.mask_feature,
-        )

@@ -1,4 +1,4 @@
-"""Parcel zonal statistics, PARCEL_STATS, GIS attributes and painting parcel predictions at 2.5 m."""
+"""Parcel zonal statistics, PARCEL_STATS and GIS attributes (s2agri.tasks.zonal)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,10 @@ from shapely.geometry import box
 
 from s2agri.tasks import contract
 from s2agri.tasks.masks import REFLECTANCE, VALID, ReflectanceTask, ValidMaskTask
-from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
-from s2agri.tasks.reference import RasteriseReferenceTask
 from s2agri.tasks.sources.simulator import box_bbox, simulate_eopatch
 from s2agri.tasks.zonal import (
     DATES_KEY,
     PARCEL_STATS,
-    PaintParcelPredictionsTask,
     ZonalStatisticsTask,
     fill_missing,
     monthly_composites,
@@ -274,38 +271,3 @@ def test_zonal_attributes_names_values_and_files(sim_box: EOPatch, tmp_path: Pat
             back["B04m04"].to_numpy(dtype=float), attributes["B04m04"].to_numpy(dtype=float), rtol=1e-12
         )
         assert back.geometry.geom_equals_exact(attributes.geometry, tolerance=1e-6).all()
-
-
-# --------------------------------------------------------------------------- painting at 2.5 m
-@pytest.mark.parametrize("buffer", [0.0, contract.REFERENCE_BUFFER_M])
-def test_painter_writes_the_reference_footprint(sim_box: EOPatch, buffer: float) -> None:
-    parcels = sim_box[contract.REFERENCE].copy()
-    parcels["proba"] = 1.0
-    patch = PaintParcelPredictionsTask(parcels, buffer=buffer, model_name="tempcnn").execute(sim_box.copy())
-    reference = RasteriseReferenceTask(buffer=buffer).execute(sim_box.copy())
-    footprint = reference[contract.ALL_POLYS][..., 0] > 0
-    painted = patch[PRED_CULTIVATED][..., 0]
-    assert painted.shape == (240, 240) and painted.dtype == bool
-    np.testing.assert_array_equal(painted, footprint)
-    np.testing.assert_array_equal(patch[PRED_PROBA][..., 0], footprint.astype(np.float32))
-    assert patch.meta_info[PRED_MODEL_KEY] == "tempcnn"
-
-
-def test_painter_values_threshold_and_missing_predictions(sim_box: EOPatch) -> None:
-    table = sim_box[PARCEL_STATS].copy()
-    proba = np.linspace(0.0, 1.0, len(table))
-    proba[0] = np.nan  # no prediction: background
-    table["proba"] = proba
-    patch = sim_box.copy()
-    patch[PARCEL_STATS] = table
-    patch = PaintParcelPredictionsTask(threshold=0.6).execute(patch)
-    index_2p5 = parcel_index_map(table, sim_box.bbox, (240, 240), buffer=contract.REFERENCE_BUFFER_M)
-    expected = np.where(index_2p5 >= 0, proba[np.maximum(index_2p5, 0)], 0.0)
-    expected = np.nan_to_num(expected).astype(np.float32)
-    np.testing.assert_array_equal(patch[PRED_PROBA][..., 0], expected)
-    np.testing.assert_array_equal(patch[PRED_CULTIVATED][..., 0], expected >= np.float32(0.6))
-    assert (patch[PRED_PROBA][..., 0][index_2p5 == 0] == 0).all()
-    table["proba"] = 1.5
-    patch[PARCEL_STATS] = table
-    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
-        PaintParcelPredictionsTask().execute(patch)

@@ -52,7 +52,7 @@ from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
 from s2agri.tasks.instances import PRED_INSTANCES, InstanceSegmentationTask
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask, valid_frame_filter
 from s2agri.tasks.predict_deep import DeepModelPredictTask
-from s2agri.tasks.predict_parcel import ParcelClassifierTask
+from s2agri.tasks.predict_parcel import PaintParcelPredictionsTask, ParcelClassifierTask
 from s2agri.tasks.predict_pixel import PixelModelPredictTask
 from s2agri.tasks.prediction import (
     BOX_ID_KEY,
@@ -68,7 +68,7 @@ from s2agri.tasks.seasonal import SEASONAL, SeasonalFeaturesTask
 from s2agri.tasks.stats5x5 import NeighbourhoodStatisticsTask
 from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
 from s2agri.tasks.weights import weight_map
-from s2agri.tasks.zonal import PARCEL_STATS, PaintParcelPredictionsTask, ZonalStatisticsTask
+from s2agri.tasks.zonal import PARCEL_STATS, ZonalStatisticsTask
 from s2agri.workflows.config import PARCEL_MODELS, MappingConfig
 from s2agri.workflows.model_store import TrainedModel, with_model_inputs
 
