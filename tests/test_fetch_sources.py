@@ -27,8 +27,8 @@ from postgres_server import postgis_dsn  # noqa: F401 (the session fixture)
 from sentinelhub import BBox, SentinelHubDownloadClient
 
 from s2agri.tasks import contract
+from s2agri.tasks.postgis_export import upload_parcels
 from s2agri.tasks.reference import RasteriseReferenceTask
-from s2agri.tasks.sources.postgis import upload_parcels
 from s2agri.tasks.sources.simulator import box_bbox, simulate_eopatch
 from s2agri.workflows import cli
 from s2agri.workflows.validate import validate_eopatch

@@ -25,6 +25,8 @@ from s2agri.tasks.vectorise import PARCELS_PRED
 
 psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is missing: pip install 's2agri[postgis]'")
 postgis = pytest.importorskip("s2agri.tasks.sources.postgis")
+postgis_db = pytest.importorskip("s2agri.tasks.postgis_db")
+postgis_export = pytest.importorskip("s2agri.tasks.postgis_export")
 
 
 #: A 300 m box inside the simulated 600 m box: some parcels in it, some across its edges, some out.
@@ -61,7 +63,7 @@ def parcels() -> gpd.GeoDataFrame:
 @pytest.fixture(scope="module")
 def dsn(postgis_dsn: str, parcels: gpd.GeoDataFrame) -> Iterator[str]:  # noqa: F811
     """The server, with the simulated parcels in ``sim_parcels`` (EPSG:4326: reads reproject)."""
-    assert postgis.upload_parcels(parcels, postgis_dsn, TABLE, srid=4326) == len(parcels)
+    assert postgis_export.upload_parcels(parcels, postgis_dsn, TABLE, srid=4326) == len(parcels)
     yield postgis_dsn
 
 
@@ -141,7 +143,9 @@ def test_sql_in_a_name_is_rejected_before_anything_runs(dsn: str, arguments: dic
     with pytest.raises(S2AgriInputError, match="is not a plain SQL name"):
         postgis.read_parcels_postgis(dsn, bbox=BOX, **arguments)
     with pytest.raises(S2AgriInputError, match="is not a plain SQL name"):
-        postgis.upload_parcels(gpd.GeoDataFrame(geometry=[], crs=4326), dsn, arguments["table"] + "; --")
+        postgis_export.upload_parcels(
+            gpd.GeoDataFrame(geometry=[], crs=4326), dsn, arguments["table"] + "; --"
+        )
     assert exists(dsn, "victim")
 
 
@@ -184,7 +188,7 @@ def test_invalid_geometries_are_repaired(dsn: str, caplog: pytest.LogCaptureFixt
     bowtie = shapely.Polygon([(x, y), (x + 100, y + 100), (x + 100, y), (x, y + 100)])  # self-intersecting
     square = shapely.box(x + 150, y + 150, x + 200, y + 200)
     frame = gpd.GeoDataFrame({"id": [1, 2], "label": [2, 3]}, geometry=[bowtie, square], crs=32633)
-    postgis.upload_parcels(frame, dsn, "bowties", if_exists="replace")
+    postgis_export.upload_parcels(frame, dsn, "bowties", if_exists="replace")
     with caplog.at_level(logging.WARNING, logger=postgis.__name__):
         read = postgis.read_parcels_postgis(dsn, "bowties", BOX)
     assert read.is_valid.all() and read["id"].tolist() == [1, 2]
@@ -202,10 +206,10 @@ def test_upload_refuses_parcels_without_polygons(dsn: str) -> None:
     with pytest.raises(
         S2AgriInputError, match=r"1 parcel\(s\) are not polygons \(Point\): keep polygons only"
     ):
-        postgis.upload_parcels(frame, dsn, "points")
+        postgis_export.upload_parcels(frame, dsn, "points")
     frame.loc[1, "geometry"] = None
     with pytest.raises(S2AgriInputError, match=r"1 parcel\(s\) have no geometry \(None or empty\)"):
-        postgis.upload_parcels(frame, dsn, "points")
+        postgis_export.upload_parcels(frame, dsn, "points")
     assert not exists(dsn, "points")
 
 
@@ -236,7 +240,7 @@ def test_closed_port_fails_fast_without_the_password(dsn: str) -> None:
     closed = dsn.replace(dsn.rsplit(":", 1)[1].split("/")[0], str(free_port()))
     start = time.perf_counter()
     with pytest.raises(S2AgriSourceError, match="connection refused: check the host and the port") as error:
-        postgis.upload_parcels(gpd.GeoDataFrame(geometry=[], crs=4326), closed, "anything")
+        postgis_export.upload_parcels(gpd.GeoDataFrame(geometry=[], crs=4326), closed, "anything")
     assert time.perf_counter() - start < 1.5
     assert PASSWORD not in str(error.value) and "s2agri:***@127.0.0.1" in str(error.value)
     assert "\n" not in str(error.value)
@@ -258,13 +262,13 @@ def test_silent_server_times_out(dsn: str) -> None:
 
 def test_replace_swaps_at_commit(dsn: str, parcels: gpd.GeoDataFrame) -> None:
     """A reader in another transaction sees the old rows while the new table is filled."""
-    postgis.upload_parcels(parcels.iloc[:60], dsn, "swapped", srid=4326)
+    postgis_export.upload_parcels(parcels.iloc[:60], dsn, "swapped", srid=4326)
     reader = psycopg2.connect(dsn)  # holds ACCESS SHARE on the old table: the swap must wait
     errors: list[BaseException] = []
 
     def replace() -> None:
         try:
-            postgis.upload_parcels(parcels, dsn, "swapped", if_exists="replace")
+            postgis_export.upload_parcels(parcels, dsn, "swapped", if_exists="replace")
         except BaseException as exc:  # re-raised in the test thread
             errors.append(exc)
 
@@ -297,35 +301,39 @@ def test_replace_swaps_at_commit(dsn: str, parcels: gpd.GeoDataFrame) -> None:
 
 
 def test_failing_upload_leaves_the_old_table(dsn: str, parcels: gpd.GeoDataFrame) -> None:
-    postgis.upload_parcels(parcels.iloc[:60], dsn, "kept")
+    postgis_export.upload_parcels(parcels.iloc[:60], dsn, "kept")
     ids = query(dsn, "SELECT id FROM kept ORDER BY id")
     bigger = pd.concat([parcels] * 10, ignore_index=True)  # 1270 rows: three INSERT pages of 500
     bigger["note"] = "fine"
     bigger.loc[len(bigger) - 1, "note"] = "bad\x00value"  # only the last page fails
     with pytest.raises(S2AgriInputError, match=r"writing public\.kept failed, nothing was written: .*NUL"):
-        postgis.upload_parcels(bigger, dsn, "kept", if_exists="replace")
+        postgis_export.upload_parcels(bigger, dsn, "kept", if_exists="replace")
     assert query(dsn, "SELECT id FROM kept ORDER BY id") == ids
     with pytest.raises(S2AgriInputError, match="nothing was written"):
-        postgis.upload_parcels(bigger, dsn, "never_made")
+        postgis_export.upload_parcels(bigger, dsn, "never_made")
     assert not exists(dsn, "never_made")
     assert query(dsn, "SELECT count(*) FROM pg_class WHERE relname LIKE '%s2agri_%'") == [(0,)]
     with pytest.raises(
         S2AgriInputError, match=r"table public\.kept exists: pass if_exists='replace' or 'append'"
     ):
-        postgis.upload_parcels(parcels, dsn, "kept")
+        postgis_export.upload_parcels(parcels, dsn, "kept")
     assert query(dsn, "SELECT id FROM kept ORDER BY id") == ids
 
 
 def test_append_checks_srid_and_columns(dsn: str, parcels: gpd.GeoDataFrame) -> None:
-    postgis.upload_parcels(parcels.iloc[:50], dsn, "appended", srid=4326)
+    postgis_export.upload_parcels(parcels.iloc[:50], dsn, "appended", srid=4326)
     with pytest.raises(S2AgriInputError, match="has SRID 4326, the parcels 32633: pass srid=4326"):
-        postgis.upload_parcels(parcels.iloc[50:], dsn, "appended", if_exists="append")
+        postgis_export.upload_parcels(parcels.iloc[50:], dsn, "appended", if_exists="append")
     with pytest.raises(
         S2AgriInputError, match=r"has columns \(id, label; geometry geometry\), the parcels \(id; geometry"
     ):
-        postgis.upload_parcels(parcels[["id", "geometry"]], dsn, "appended", if_exists="append", srid=4326)
+        postgis_export.upload_parcels(
+            parcels[["id", "geometry"]], dsn, "appended", if_exists="append", srid=4326
+        )
     assert count(dsn, "appended") == 50
-    assert postgis.upload_parcels(parcels.iloc[50:], dsn, "appended", if_exists="append", srid=4326) == 77
+    assert (
+        postgis_export.upload_parcels(parcels.iloc[50:], dsn, "appended", if_exists="append", srid=4326) == 77
+    )
     read = postgis.read_parcels_postgis(dsn, "appended", BOX)
     np.testing.assert_array_equal(read["id"], box_parcels(parcels, BOX)["id"])
 
@@ -349,7 +357,7 @@ def predicted_eopatch(parcels: gpd.GeoDataFrame, box: str) -> EOPatch:
 
 
 def test_upload_task_is_idempotent_per_box(dsn: str, parcels: gpd.GeoDataFrame) -> None:
-    task = postgis.UploadParcelsTask(dsn, "predicted")
+    task = postgis_export.UploadParcelsTask(dsn, "predicted")
     assert PASSWORD not in repr(task.private_task_config.init_args)
     task.execute(predicted_eopatch(parcels, "box-a"))
     task.execute(predicted_eopatch(parcels, "box-a"))
@@ -383,7 +391,7 @@ def test_upload_task_is_idempotent_per_box(dsn: str, parcels: gpd.GeoDataFrame) 
 def test_a_statement_that_never_returns_is_cancelled(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Connected is not done: a query the server never finishes is cancelled by its statement time-out."""
     query(dsn, f"CREATE OR REPLACE VIEW slow_parcels AS SELECT p.* FROM {TABLE} p, pg_sleep(30)")
-    monkeypatch.setattr(postgis, "STATEMENT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(postgis_db, "STATEMENT_TIMEOUT_S", 1.0)
     with pytest.raises(S2AgriSourceError, match="no result within the statement time-out") as error:
         postgis.read_parcels_postgis(dsn, "slow_parcels", BOX)
     assert "\n" not in str(error.value)

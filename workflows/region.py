@@ -97,7 +97,7 @@ class PostgisExportConfig(_Strict):
         if parcels_kind(uri) != "postgis":
             raise ValueError(f"{redact(uri)} is not a postgresql:// URI")
         refuse_secret(uri, "put it in PGPASSWORD or ~/.pgpass")
-        from s2agri.tasks.sources.postgis import check_identifier
+        from s2agri.tasks.postgis_db import check_identifier
 
         _, schema, table = split_postgres_uri(uri)
         check_identifier(schema, "schema")  # refused now, not after the whole region ran
@@ -295,7 +295,7 @@ def merge_stage(
     for fmt in config.export.formats:
         write_vector(merged, out / f"parcels.{fmt}", layer="parcels")
     if config.export.postgis is not None:
-        from s2agri.tasks.sources.postgis import upload_parcels
+        from s2agri.tasks.postgis_export import upload_parcels
 
         dsn, schema, table = split_postgres_uri(config.export.postgis.uri)
         rows = upload_parcels(merged, dsn, table, schema=schema, if_exists=config.export.postgis.if_exists)
