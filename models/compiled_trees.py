@@ -105,15 +105,20 @@ def compile_model_text(model_text: str, *, threads: int = 2) -> Path:
     ):
         model_file = Path(build) / "model.txt"
         model_file.write_text(model_text)
-        model = treelite.frontend.load_lightgbm_model(str(model_file))
         partial = Path(build) / library.name
-        tl2cgen.export_lib(
-            model,
-            toolchain=compiler,
-            libpath=str(partial),
-            params={"parallel_comp": max(1, threads) * 4},
-            nthread=max(1, threads),
-        )
+        try:
+            model = treelite.frontend.load_lightgbm_model(str(model_file))
+            tl2cgen.export_lib(
+                model,
+                toolchain=compiler,
+                libpath=str(partial),
+                params={"parallel_comp": max(1, threads) * 4},
+                nthread=max(1, threads),
+            )
+        except Exception as exc:  # TL2cgenError, TreeliteError, a compiler that fails: all optional
+            raise RuntimeError(
+                f"{compiler} could not compile the trees: {' '.join(str(exc).split())[:300]}"
+            ) from exc
         partial.chmod(0o600)
         os.replace(partial, library)
     for line in chatter.getvalue().splitlines():

@@ -159,3 +159,23 @@ def test_predictor_threads_follow_the_openmp_limit(
     assert result.stdout.strip().endswith("(3,)")
     monkeypatch.setenv("OMP_NUM_THREADS", "3,1")
     assert compiled_trees.openmp_thread_limit() == 3
+
+
+@needs_compiler
+def test_a_failing_compiler_falls_back_to_lightgbm(
+    model: LightGBMPixelClassifier, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tl2cgen
+    from tl2cgen.exception import TL2cgenError
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TL2cgenError("gcc: fatal error: no input files")
+
+    monkeypatch.setenv("S2AGRI_CACHE_DIR", str(tmp_path))  # nothing cached: it must compile
+    monkeypatch.setattr(tl2cgen, "export_lib", broken)
+    fresh = LightGBMPixelClassifier(n_estimators=30, n_jobs=1)
+    fresh.booster = model.booster
+    assert fresh.compile_trees() is False and fresh.compiled is None
+    with pytest.raises(RuntimeError, match="could not compile the trees: gcc: fatal error"):
+        fresh.compile_trees(required=True)
+    assert not list((tmp_path / compiled_trees.CACHE_SUBDIR).iterdir())  # no half-built library left
