@@ -19,7 +19,8 @@ pixels with ``weight > 0``, from confusion counts summed over the whole validati
 Outputs in ``out_dir``: ``metrics.csv`` (one row per epoch, :data:`CSV_COLUMNS`), ``last.pt``
 after every epoch and ``best.pt`` at every improvement of the validation loss, both written
 atomically (temporary name, then ``os.replace``) and loadable with
-``torch.load(path, weights_only=True)`` (:data:`CHECKPOINT_KEYS` plus the caller's extras).
+``torch.load(path, weights_only=True)`` (:data:`CHECKPOINT_KEYS` plus the caller's extras; layout,
+writing and reading in :mod:`s2agri.models.checkpoints`).
 
 Seeding and resume. Before epoch ``e`` (0-based) torch, numpy's global RNG and ``random`` are
 seeded from ``(seed, e)`` (:func:`epoch_seed`) and ``set_epoch(e)`` is called on the loaders'
@@ -59,6 +60,15 @@ from tqdm import tqdm
 
 from s2agri.tasks.metrics import Confusion, accuracy, f1, mcc
 
+from .checkpoints import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_KEYS,
+    CHECKPOINT_VERSION,
+    LAST_CHECKPOINT,
+    atomic_save,
+    check_plain,
+    load_checkpoint,
+)
 from .registry import create_model, get_constructor
 from .trainer_config import THRESHOLDS, TrainerConfig
 
@@ -66,26 +76,6 @@ LOGGER = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
-#: Version of the checkpoint layout, stored under ``"checkpoint_version"``.
-CHECKPOINT_VERSION = 2
-#: Keys every checkpoint holds; the caller's ``checkpoint_extra`` keys come on top.
-CHECKPOINT_KEYS: tuple[str, ...] = (
-    "checkpoint_version",
-    "model_name",
-    "model_kwargs",
-    "model_state",
-    "optimizer_state",
-    "epoch",
-    "best_val_loss",
-    "best_score",
-    "best_threshold",
-    "best_epoch",
-    "epochs_without_improvement",
-    "trainer_config",
-    "history",
-    "rng_state",
-    "extra_keys",
-)
 #: Columns of ``metrics.csv`` and keys of each :attr:`History.epochs` row.
 CSV_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -101,8 +91,6 @@ CSV_COLUMNS: tuple[str, ...] = (
     "epoch_seconds",
     "improved",
 )
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
 METRICS_CSV = "metrics.csv"
 
 
@@ -162,68 +150,6 @@ def masked_bce_with_logits(
         w = w * torch.where(target > 0.5, float(pos_weight), 1.0).to(logits.dtype)
     losses = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
     return (losses * w).sum(), w.sum()
-
-
-def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """A checkpoint written by :class:`Trainer`, loaded on the CPU with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors come in many types
-        raise ValueError(f"cannot load checkpoint {path}: {error}") from error
-    if isinstance(ckpt, dict) and ckpt.get("checkpoint_version") == 1:  # before model selection by score
-        ckpt.setdefault("best_score", -float(ckpt.get("best_val_loss", math.inf)))
-        ckpt.setdefault("best_threshold", None)
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not an s2agri training checkpoint: missing {', '.join(missing)}")
-    return ckpt
-
-
-def build_model_from_checkpoint(ckpt: Mapping[str, Any] | PathLike) -> nn.Module:
-    """The checkpoint's model, rebuilt through the registry with its weights, in eval mode."""
-    if not isinstance(ckpt, Mapping):
-        ckpt = load_checkpoint(ckpt)
-    model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model {ckpt['model_name']!r} is not a torch nn.Module")
-    model.load_state_dict(ckpt["model_state"])
-    model.eval()
-    return model
-
-
-def _check_plain(value: Any, where: str) -> None:
-    """``ValueError`` unless ``value`` is made of what ``torch.load(weights_only=True)`` reads back."""
-    if isinstance(value, (np.generic, np.ndarray)):  # before the float check: np.float64 is a float
-        raise ValueError(f"{where} is a numpy {type(value).__name__}: convert it (.item(), .tolist())")
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, (str, int)):
-                raise ValueError(f"{where} has a key of type {type(key).__name__}: use str keys")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    raise ValueError(
-        f"{where} is a {type(value).__name__}: checkpoints hold only tensors, dicts, lists, str, int, "
-        "float, bool and None"
-    )
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name next to ``path``, then ``os.replace`` into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _format_csv(value: Any) -> Any:
@@ -522,7 +448,7 @@ class Trainer:
             clash = sorted(set(extra) & set(CHECKPOINT_KEYS))
             if clash:
                 raise ValueError(f"checkpoint_extra uses reserved keys: {', '.join(clash)}")
-            _check_plain(extra, "checkpoint_extra")
+            check_plain(extra, "checkpoint_extra")
             self._extra = extra
         resuming = self.epoch > 0
         if not resuming and self.last_path.exists() and not self.overwrite:
@@ -663,9 +589,9 @@ class Trainer:
         self.history.append(row)
 
         ckpt = self._checkpoint()
-        _atomic_save(ckpt, self.last_path)
+        atomic_save(ckpt, self.last_path)
         if improved:
-            _atomic_save(ckpt, self.best_path)
+            atomic_save(ckpt, self.best_path)
         with self.metrics_path.open("a", encoding="utf-8", newline="") as handle:
             csv.writer(handle, lineterminator="\n").writerow(_csv_row(row))
             handle.flush()

@@ -16,16 +16,14 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 (torch convention)
 from torch.utils.data import DataLoader, Dataset
 
+from s2agri.models.checkpoints import CHECKPOINT_KEYS, build_model_from_checkpoint, load_checkpoint
 from s2agri.models.registry import register_model
 from s2agri.models.training import (
-    CHECKPOINT_KEYS,
     CSV_COLUMNS,
     Trainer,
     TrainerConfig,
-    build_model_from_checkpoint,
     epoch_seed,
     evaluate,
-    load_checkpoint,
     masked_bce_with_logits,
 )
 from s2agri.tasks.metrics import accuracy, confusion, f1, mcc

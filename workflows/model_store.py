@@ -133,7 +133,7 @@ def load_trained(spec: str | os.PathLike[str]) -> TrainedModel:
 
 def _load_deep(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
     """A torch segmenter from its checkpoint (``torch.load(weights_only=True)``) with its normaliser."""
-    from s2agri.models.training import build_model_from_checkpoint, load_checkpoint
+    from s2agri.models.checkpoints import build_model_from_checkpoint, load_checkpoint
     from s2agri.tasks.tensors import PercentileNormaliser
 
     try:

@@ -26,17 +26,12 @@ import torch
 from eolearn.core import EOPatch, EOTask
 from torch.utils.data import DataLoader
 
+from s2agri.models.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, build_model_from_checkpoint
 from s2agri.models.datasets import BoxBatchSampler, PatchDataset, box_observations, split_boxes
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import get_constructor
 from s2agri.models.trainer_config import TrainerConfig
-from s2agri.models.training import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    History,
-    Trainer,
-    build_model_from_checkpoint,
-)
+from s2agri.models.training import History, Trainer
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
@@ -216,7 +211,7 @@ def resume_config(checkpoint: Path, config: MappingConfig, explicit: bool) -> Ma
     """The config of the run stored in ``checkpoint``, with the ``deep.trainer`` changes of ``config``
     a resume allows (:data:`RESUMABLE_CHANGES`) when ``explicit`` (the user gave ``--config``); any
     other difference is an input error naming the setting."""
-    from s2agri.models.training import load_checkpoint
+    from s2agri.models.checkpoints import load_checkpoint
 
     try:
         stored = MappingConfig.model_validate(load_checkpoint(checkpoint)["mapping_config"])

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from eolearn.core import EOPatch, EOTask
 
+from s2agri.models.checkpoints import atomic_save
 from s2agri.models.datasets import split_boxes
 from s2agri.models.parcel_training import ParcelFeatureScaler, fit_parcel_classifier, history_csv
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import create_model, get_constructor
-from s2agri.models.training import _atomic_save, seed_everything
+from s2agri.models.training import seed_everything
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.predict_parcel import observed, parcel_series
@@ -234,7 +235,7 @@ def train_parcel_model(boxes: Sequence[Path], config: MappingConfig, folder: Pat
     tmp = folder / TRAINING / f".{METRICS_CSV}.tmp-{os.getpid()}"
     tmp.write_text(history_csv(fit.history), encoding="utf-8")
     tmp.replace(folder / TRAINING / METRICS_CSV)
-    _atomic_save(
+    atomic_save(
         {
             "model_name": name,
             "model_kwargs": kwargs,
