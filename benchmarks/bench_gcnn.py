@@ -137,7 +137,7 @@ def _child_task(spec: dict) -> dict:
     """DeepModelPredictTask.execute on a simulated box (normaliser fitted on another box, untimed)."""
     from eolearn.core import EOPatch
 
-    from s2agri.models.datasets import box_observations
+    from s2agri.models.box_inputs import box_observations
     from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
     from s2agri.tasks.predict_deep import DeepModelPredictTask
     from s2agri.tasks.tensors import PercentileNormaliser

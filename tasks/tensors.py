@@ -134,7 +134,7 @@ class PercentileNormaliser:
 
     :meth:`fit` computes the ``q_low``/``q_high`` percentiles (numpy's default linear method) per
     channel over the valid observations of every (values, valid) pair it is given, e.g. one pair per
-    training box or per frame (:func:`s2agri.models.datasets.box_observations`). Memory is bounded: a
+    training box or per frame (:func:`s2agri.models.box_inputs.box_observations`). Memory is bounded: a
     seeded uniform random sample of at most ``max_values`` valid observations (rows of C channels) over
     everything seen is kept, by bottom-k sampling (each valid observation gets a uniform random key, the
     ``max_values`` smallest keys are kept). Every observation has the same chance to be kept whatever

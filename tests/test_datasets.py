@@ -13,16 +13,8 @@ from eolearn.core import EOPatch
 from eopatch_factory import build_eopatch
 from torch.utils.data import DataLoader
 
-from s2agri.models.datasets import (
-    BoxBatchSampler,
-    PatchDataset,
-    box_observations,
-    load_box,
-    patch_starts,
-    prepared_box_nbytes,
-    read_box_shape,
-    split_boxes,
-)
+from s2agri.models.box_inputs import box_observations, load_box, prepared_box_nbytes, read_box_shape
+from s2agri.models.datasets import BoxBatchSampler, PatchDataset, patch_starts, split_boxes
 from s2agri.tasks import contract
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.tensors import STACK, FrameSelectionTask, PercentileNormaliser, TensorStackTask, targets

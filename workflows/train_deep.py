@@ -26,8 +26,9 @@ import torch
 from eolearn.core import EOPatch, EOTask
 from torch.utils.data import DataLoader
 
+from s2agri.models.box_inputs import box_observations
 from s2agri.models.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, build_model_from_checkpoint
-from s2agri.models.datasets import BoxBatchSampler, PatchDataset, box_observations, split_boxes
+from s2agri.models.datasets import BoxBatchSampler, PatchDataset, split_boxes
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import get_constructor
 from s2agri.models.trainer_config import TrainerConfig
