@@ -312,22 +312,23 @@ def mosaic_stage(out: Path, names: list[str], area: shapely.Geometry | None = No
     folder.mkdir(exist_ok=True)
     written = []
     for kind, pattern in (("cultivated", "submission/{}.tif"), ("proba", "proba/{}_proba.tif")):
-        tifs = [out / PREDICT / pattern.format(name) for name in names]
-        tifs = [tif for tif in tifs if tif.is_file()]
-        if not tifs:
+        boxes = {name: out / PREDICT / pattern.format(name) for name in names}
+        boxes = {name: tif for name, tif in boxes.items() if tif.is_file()}
+        if not boxes:
             continue
+        tifs = list(boxes.values())
         if area is not None:
+            # the mask is nodata outside the AOI and where its probability COG is (unobserved)
+            mask = kind == "cultivated"
             tifs = [
                 clip_raster(
                     tif,
                     folder / "tiles" / kind / tif.name,
                     area,
-                    nodata=MASK_NODATA if kind == "cultivated" else None,
-                    unobserved_from=out / PREDICT / "proba" / f"{name}_proba.tif"
-                    if kind == "cultivated"
-                    else None,
+                    nodata=MASK_NODATA if mask else None,
+                    unobserved_from=out / PREDICT / "proba" / f"{name}_proba.tif" if mask else None,
                 )
-                for tif, name in ((tif, tif.name.split("_proba")[0].removesuffix(".tif")) for tif in tifs)
+                for name, tif in boxes.items()
             ]
         write_vrt(tifs, folder / f"{kind}.vrt")
         # overviews of a 0/1 mask by majority, of probabilities by averaging
