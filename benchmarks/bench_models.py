@@ -77,6 +77,7 @@ EPOCH_SECONDS = {
     "lstm": 30.7,
     "convlstm": 11.8,
     "convstar": 6.6,
+    "unet-delineation": 5.6,  # estimated: unet-tc plus the two extra heads' loss
 }
 EPOCHS = {
     name: min(40, max(2, int(TRAIN_BUDGET_S // (EPOCH_SCALE * seconds))))

@@ -21,6 +21,7 @@ from eolearn.core.types import Feature
 from fs.osfs import OSFS
 
 from s2agri.tasks import contract
+from s2agri.tasks.delineation import delineation_targets
 from s2agri.tasks.masks import ValidMaskTask
 from s2agri.tasks.monthly import monthly_inputs
 from s2agri.tasks.tensors import (
@@ -168,10 +169,13 @@ class PreparedBox:
     valid: np.ndarray  #: (T, H, W) bool
     y: np.ndarray  #: (4H, 4W) bool, CULTIVATED
     weight: np.ndarray  #: (4H, 4W) float32 loss weight
+    #: (2, 4H, 4W) float32 boundary (0/1) and distance targets of the delineation models, else None
+    aux: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.bands, self.factors, self.valid, self.y, self.weight))
+        arrays = (self.bands, self.factors, self.valid, self.y, self.weight, self.aux)
+        return sum(a.nbytes for a in arrays if a is not None)
 
 
 def prepared_box_nbytes(
@@ -189,9 +193,12 @@ def load_box(
     *,
     valid_mask_task: ValidMaskTask | None = None,
     months: Sequence[int] | None = None,
+    delineation: bool = False,
 ) -> PreparedBox:
     """Loads and prepares one training box (BANDS, NORM_FACTORS, validity inputs, reference masks);
-    with ``months``, the monthly medians instead of the frames (module docstring)."""
+    with ``months``, the monthly medians instead of the frames (module docstring); with
+    ``delineation``, the boundary and distance targets of ``CULTIVATED`` as well
+    (:func:`s2agri.tasks.delineation.delineation_targets`)."""
     path = check_box(box)
     eopatch, bands, factors, valid = _load_inputs(
         path,
@@ -210,4 +217,8 @@ def load_box(
         raise ValueError(
             f"{path}: {feature_name(contract.CULTIVATED)} has shape {y.shape}, bands {bands.shape[1:3]}: expected {expected} at 2.5 m"
         )
-    return PreparedBox(np.ascontiguousarray(bands), factors, valid, y.astype(bool), weight)
+    aux = None
+    if delineation:
+        _, boundary, distance = delineation_targets(y)
+        aux = np.stack([boundary.astype(np.float32), distance])
+    return PreparedBox(np.ascontiguousarray(bands), factors, valid, y.astype(bool), weight, aux)

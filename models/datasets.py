@@ -13,7 +13,8 @@ overlaps its neighbour). A patch at 10 m offset ``(row, col)`` has its targets a
 Items
 -----
 ``dataset[i]`` is ``{"x": (T, C, h, w) float32 at 10 m, "y": (1, 4h, 4w) float32 0/1,
-"weight": (1, 4h, 4w) float32, "box": str(path)}``. ``x`` is exactly the crop of
+"weight": (1, 4h, 4w) float32, "box": str(path)}``, plus ``"aux"`` (2, 4h, 4w) float32 (boundary
+and distance targets) with ``delineation=True``. ``x`` is exactly the crop of
 ``ReflectanceTask -> ValidMaskTask -> FrameSelectionTask(n_frames) -> TensorStackTask(normaliser)``
 run on the whole box, channels first: normalised to [0, 1], 0 where the observation is not valid.
 ``y``/``weight`` come from :func:`s2agri.tasks.tensors.targets` (weight 0 on NOT_DECLARED and, with
@@ -122,6 +123,8 @@ class PatchDataset(Dataset):
     :param patches_per_box: None: the fixed grid of each box; N: N patches per box at uniformly random
         origins, drawn again every epoch from ``(seed, epoch, box)`` (a fixed number of samples per
         epoch whatever the box size, and patches that straddle the grid lines).
+    :param delineation: items also carry ``"aux"`` (2, 4h, 4w) float32: the boundary (0/1) and
+        distance targets of the delineation models, augmented like ``y``.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class PatchDataset(Dataset):
         valid_mask_task: ValidMaskTask | None = None,
         months: Sequence[int] | None = None,
         patches_per_box: int | None = None,
+        delineation: bool = False,
     ) -> None:
         if patches_per_box is not None and (
             isinstance(patches_per_box, bool)
@@ -180,6 +184,7 @@ class PatchDataset(Dataset):
         self.seed = int(seed)
         self.cache_boxes = int(cache_boxes)
         self.valid_mask_task = valid_mask_task or ValidMaskTask()
+        self.delineation = bool(delineation)
         self.epoch = 0
         self.n_loads = 0  #: boxes loaded so far by this process (cache misses)
         self._cache: OrderedDict[int, PreparedBox] = OrderedDict()
@@ -278,6 +283,7 @@ class PatchDataset(Dataset):
             self.weights,
             valid_mask_task=self.valid_mask_task,
             months=self.months,
+            delineation=self.delineation,
         )
         self.n_loads += 1
         LOGGER.debug("loaded %s (%.1f MB)", self.boxes[box], prepared.nbytes / 1e6)
@@ -304,16 +310,16 @@ class PatchDataset(Dataset):
         target = (slice(SCALE * row, SCALE * row + big), slice(SCALE * col, SCALE * col + big))
         y = box.y[target][None].astype(np.float32)
         weight = box.weight[target][None].copy()  # never a view of the cached box
+        arrays = {"x": x, "y": y, "weight": weight}
+        if box.aux is not None:
+            arrays["aux"] = box.aux[(slice(None), *target)].copy()
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             rotations, flip = int(rng.integers(4)), bool(rng.integers(2))
-            x, y, weight = (_dihedral(a, rotations, flip) for a in (x, y, weight))
-        return {
-            "x": torch.from_numpy(x),
-            "y": torch.from_numpy(y),
-            "weight": torch.from_numpy(weight),
-            "box": str(self.boxes[b]),
-        }
+            arrays = {key: _dihedral(a, rotations, flip) for key, a in arrays.items()}
+        item: dict[str, Any] = {key: torch.from_numpy(a) for key, a in arrays.items()}
+        item["box"] = str(self.boxes[b])
+        return item
 
 
 class BoxBatchSampler(Sampler[list[int]]):

@@ -112,7 +112,6 @@ def _batches(
         yield batch, group
 
 
-@torch.no_grad()
 def predict_tiled(
     model: nn.Module,
     x: torch.Tensor | np.ndarray,
@@ -130,8 +129,35 @@ def predict_tiled(
     (None: ``model.receptive_halo_2p5m``); ``upsample_context``: 10 m context of the model's x4
     upsampler (2 for bicubic, the safe default). The model is moved to ``device`` and run in eval
     mode under ``no_grad``; its train/eval mode is restored afterwards. ``progress``: a tqdm bar
-    over batches (None: only on a TTY).
+    over batches (None: only on a TTY). A model with several outputs (``n_outputs``) gives its first
+    one, the cultivated (extent) probability: :func:`predict_tiled_outputs` gives them all.
     """
+    return predict_tiled_outputs(
+        model,
+        x,
+        tile=tile,
+        halo=halo,
+        upsample_context=upsample_context,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )[0]
+
+
+@torch.no_grad()
+def predict_tiled_outputs(
+    model: nn.Module,
+    x: torch.Tensor | np.ndarray,
+    *,
+    tile: int = 128,
+    halo: int | None = None,
+    upsample_context: int = BICUBIC_CONTEXT_10M,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> np.ndarray:
+    """(K, 4H, 4W) float32 sigmoid of the K = ``model.n_outputs`` (default 1) logit channels of one
+    box; the arguments are those of :func:`predict_tiled`."""
     x = _as_box(x)
     if tile < 1 or batch_size < 1:
         raise ValueError(f"tile and batch_size must be >= 1, got {tile} and {batch_size}")
@@ -152,7 +178,8 @@ def predict_tiled(
     window = (min(tile + 2 * halo_10m, H), min(tile + 2 * halo_10m, W))
     tiles = list(product(rows, cols))
     device = torch.device(device)
-    out = np.empty((SCALE * H, SCALE * W), dtype=np.float32)
+    channels = int(getattr(model, "n_outputs", 1))
+    out = np.empty((channels, SCALE * H, SCALE * W), dtype=np.float32)
 
     was_training = model.training
     model.to(device)
@@ -169,15 +196,15 @@ def predict_tiled(
             disable=not show,
         ):
             logits = model(batch.to(device, non_blocking=True))
-            expected = (len(group), 1, SCALE * window[0], SCALE * window[1])
+            expected = (len(group), channels, SCALE * window[0], SCALE * window[1])
             if tuple(logits.shape) != expected:
                 raise ValueError(
                     f"the model returned shape {tuple(logits.shape)} for {expected}: not 4x logits"
                 )
-            proba = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+            proba = torch.sigmoid(logits.float()).cpu().numpy()
             for k, ((r0, r1, rw), (c0, c1, cw)) in enumerate(group):
-                out[SCALE * r0 : SCALE * r1, SCALE * c0 : SCALE * c1] = proba[
-                    k, SCALE * (r0 - rw) : SCALE * (r1 - rw), SCALE * (c0 - cw) : SCALE * (c1 - cw)
+                out[:, SCALE * r0 : SCALE * r1, SCALE * c0 : SCALE * c1] = proba[
+                    k, :, SCALE * (r0 - rw) : SCALE * (r1 - rw), SCALE * (c0 - cw) : SCALE * (c1 - cw)
                 ]
     finally:
         model.train(was_training)

@@ -18,7 +18,10 @@ DEEP_MODELS: tuple[str, ...] = (
     "lstm",
     "convlstm",
     "convstar",
+    "unet-delineation",
 )
+#: Segmenters with extent, boundary and distance outputs (field delineation, :mod:`s2agri.models.field_delineation`).
+DELINEATION_MODELS: tuple[str, ...] = ("unet-delineation",)
 #: Segmenters whose input is the series of monthly medians (``deep.months``), not the frames.
 MONTHLY_MODELS: tuple[str, ...] = ("convlstm", "convstar")
 #: Parcel classifiers trained on zonal statistics of known parcels (:mod:`s2agri.workflows.train_parcel`).

@@ -22,6 +22,7 @@ def paper_configs() -> dict[str, dict[str, Any]]:
         "gcnn": {},
         "unet-b": dict(unet.PAPER_CONFIG),
         "unet-tc": dict(unet.PAPER_CONFIG),
+        "unet-delineation": dict(unet.PAPER_CONFIG),
         "spinet": dict(spinet.PAPER_CONFIG),
         "spinet-nomrf": dict(spinet.PAPER_CONFIG),
         "fg-unet": dict(fgunet.PAPER_CONFIG),

@@ -28,6 +28,7 @@ BUILTIN_MODULES: list[str] = [
     "s2agri.models.spinet",
     "s2agri.models.deeplab",
     "s2agri.models.recurrent",
+    "s2agri.models.field_delineation",
 ]
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}

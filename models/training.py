@@ -10,6 +10,10 @@ scale does not depend on the patch size or on how many pixels are ignored. With
 ``weighted_loss=False`` the weights only mask: ``w = (weight > 0)``. The epoch losses (train and
 validation) pool the same way over every pixel of the epoch (sum of weighted losses divided by
 the sum of weights), not as a mean of batch means. A batch whose weights are all 0 is skipped.
+A model with several outputs gives its own loss through a ``training_loss(outputs, batch, *,
+weighted, pos_weight) -> (sum, weights)`` hook (:func:`batch_loss`; e.g. the extent, boundary and
+distance terms of :mod:`s2agri.models.field_delineation`, whose targets come as extra batch tensors);
+its channel 0 is the cultivated logit the metrics use.
 
 Validation metrics: MCC, F1 and accuracy of ``sigmoid(logit) >= 0.5`` (``logit >= 0``) on the
 pixels with ``weight > 0``, from confusion counts summed over the whole validation set
@@ -203,11 +207,37 @@ def _set_loader_epoch(loader: Any, epoch: int) -> None:
             obj.set_epoch(epoch)
 
 
-def _unpack(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _unpack(batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on ``device`` (``x`` as float32): ``x``, ``y``, ``weight`` and any extra
+    targets (e.g. ``aux`` of the delineation models); other entries (box names) are dropped."""
     if not isinstance(batch, Mapping) or not {"x", "y", "weight"} <= batch.keys():
         raise ValueError("a batch must be a dict with 'x', 'y' and 'weight' tensors")
-    x, y, w = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "weight"))
-    return x.float(), y, w
+    tensors = {
+        key: value.to(device, non_blocking=True)
+        for key, value in batch.items()
+        if isinstance(value, torch.Tensor)
+    }
+    tensors["x"] = tensors["x"].float()
+    return tensors
+
+
+def batch_loss(
+    model: nn.Module,
+    outputs: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    weighted: bool = True,
+    pos_weight: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of weighted losses, sum of weights)`` of a batch: the model's own ``training_loss``
+    hook when it has one (multi-output models, e.g. field delineation), else
+    :func:`masked_bce_with_logits` of its single logit."""
+    hook = getattr(model, "training_loss", None)
+    if callable(hook):
+        return hook(outputs, batch, weighted=weighted, pos_weight=pos_weight)
+    return masked_bce_with_logits(
+        outputs, batch["y"], batch["weight"], weighted=weighted, pos_weight=pos_weight
+    )
 
 
 def _model_state_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -529,21 +559,21 @@ class Trainer:
             if cfg.schedule != "constant":
                 for group in self.optimizer.param_groups:
                     group["lr"] = scheduled_lr(cfg, index, step, n_batches)
-            x, y, w = _unpack(batch, self.device)
-            logits = self.model(x)
-            batch_loss, batch_weight = masked_bce_with_logits(
-                logits, y, w, weighted=cfg.weighted_loss, pos_weight=cfg.pos_weight
+            tensors = _unpack(batch, self.device)
+            outputs = self.model(tensors["x"])
+            loss_sum_batch, batch_weight = batch_loss(
+                self.model, outputs, tensors, weighted=cfg.weighted_loss, pos_weight=cfg.pos_weight
             )
             if batch_weight.item() <= 0:
                 LOGGER.debug("skipping a batch without weighted pixels")
                 continue
-            loss = batch_loss / batch_weight
+            loss = loss_sum_batch / batch_weight
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
-            loss_sum += float(batch_loss.detach().item())
+            loss_sum += float(loss_sum_batch.detach().item())
             weight_sum += float(batch_weight.item())
             bar.set_postfix(loss=f"{loss_sum / weight_sum:.4f}", refresh=False)
         bar.close()
@@ -662,12 +692,14 @@ def evaluate(
     cut = torch.logit(torch.tensor(thresholds, dtype=torch.float64, device=device))
     scan = torch.zeros((len(thresholds), 2), dtype=torch.float64, device=device)
     for batch in tqdm(loader, desc="validation", unit="batch", leave=False, disable=not progress):
-        x, y, w = _unpack(batch, device)
-        logits = model(x)
-        batch_loss, batch_weight = masked_bce_with_logits(
-            logits, y, w, weighted=weighted_loss, pos_weight=pos_weight
+        tensors = _unpack(batch, device)
+        y, w = tensors["y"], tensors["weight"]
+        outputs = model(tensors["x"])
+        loss_sum_batch, batch_weight = batch_loss(
+            model, outputs, tensors, weighted=weighted_loss, pos_weight=pos_weight
         )
-        loss_sum += float(batch_loss.item())
+        logits = outputs[:, :1]  # the cultivated (extent) logit of single- and multi-output models
+        loss_sum += float(loss_sum_batch.item())
         weight_sum += float(batch_weight.item())
         keep = w > 0
         truth = y > 0.5

@@ -103,6 +103,8 @@ class UNet(nn.Module):
     #: Approximate, effective halo in 2.5 m px (16 px at 10 m); see the module docstring.
     receptive_halo_2p5m: int = 64
     halo_is_exact: ClassVar[bool] = False
+    #: Output channels (logits) of the 1x1 output convolution: 1, the cultivated logit.
+    n_outputs: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -145,7 +147,7 @@ class UNet(nn.Module):
             for i in reversed(range(DEPTH))
         )
         self.head = self._head(w, halvings)
-        self.out = nn.Conv2d(w, 1, 1)
+        self.out = nn.Conv2d(w, self.n_outputs, 1)
 
     def _head(self, width: int, halvings: int) -> nn.Sequential:
         """Bicubic x scale + (3x3 conv, batch norm, ReLU) at the output resolution."""
@@ -172,7 +174,7 @@ class UNet(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, T, C, H, W) float 10 m series -> (B, 1, scale H, scale W) logits at 2.5 m."""
+        """(B, T, C, H, W) float 10 m series -> (B, n_outputs, scale H, scale W) logits at 2.5 m."""
         x = self.stack(x)
         H, W = x.shape[-2:]
         multiple = 2**DEPTH

@@ -8,7 +8,10 @@ percentiles, sets invalid observations to 0, and predicts the (4H, 4W) probabili
 whole-box inference for models with an exact halo). With ``months`` (``convlstm``, ``convstar``)
 the model input is the per-pixel monthly medians of those calendar months instead of the frames
 (:func:`s2agri.tasks.monthly.monthly_inputs`, as in training). It writes the probabilities with
-:func:`s2agri.tasks.prediction.write_prediction`.
+:func:`s2agri.tasks.prediction.write_prediction`. A field-delineation model (extent, boundary and
+distance outputs, :mod:`s2agri.models.field_delineation`) also writes ``data_timeless/PRED_BOUNDARY``
+and ``data_timeless/PRED_DISTANCE``, which :class:`s2agri.tasks.instances.InstanceSegmentationTask`
+uses to split the fields.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import torch
 from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
 
-from s2agri.models.inference import predict_tiled
+from s2agri.models.inference import predict_tiled_outputs
 from s2agri.tasks.masks import REFLECTANCE, VALID
 from s2agri.tasks.monthly import monthly_inputs
-from s2agri.tasks.prediction import feature_array, write_prediction
+from s2agri.tasks.prediction import PRED_BOUNDARY, PRED_DISTANCE, feature_array, write_prediction
 from s2agri.tasks.tensors import PercentileNormaliser, normalised_stack, select_frames
 
 LOGGER = logging.getLogger(__name__)
@@ -109,13 +112,23 @@ class DeepModelPredictTask(EOTask):
             torch.set_num_threads(self.num_threads)
         start = time.perf_counter()
         try:
-            proba = predict_tiled(self.model, x, tile=self.tile, batch_size=self.batch_size, progress=False)
+            outputs = predict_tiled_outputs(
+                self.model, x, tile=self.tile, batch_size=self.batch_size, progress=False
+            )
         finally:
             torch.set_num_threads(threads)
         LOGGER.info(
             "%s: %dx%d box (T=%d) predicted in %.1f s", self.model_name, *x.shape[2:], x.shape[0],
             time.perf_counter() - start,
         )  # fmt: skip
+        names = tuple(getattr(self.model, "output_names", ("extent",)))
+        if len(names) != outputs.shape[0]:
+            raise ValueError(
+                f"{self.model_name} has outputs {names} but returned {outputs.shape[0]} channels"
+            )
+        for name, feature in (("boundary", PRED_BOUNDARY), ("distance", PRED_DISTANCE)):
+            if name in names:
+                eopatch[feature] = outputs[names.index(name)][..., None]
         return write_prediction(
-            eopatch, proba, self.model_name, self.threshold, reference_feature=self.reflectance_feature
+            eopatch, outputs[0], self.model_name, self.threshold, reference_feature=self.reflectance_feature
         )

@@ -25,6 +25,11 @@ from .masks import REFLECTANCE, VALID
 
 PRED_PROBA = (FeatureType.DATA_TIMELESS, "PRED_PROBA")
 PRED_CULTIVATED = (FeatureType.MASK_TIMELESS, "PRED_CULTIVATED")
+#: Field boundary probability (4H, 4W, 1) float32 at 2.5 m, written by field-delineation models.
+PRED_BOUNDARY = (FeatureType.DATA_TIMELESS, "PRED_BOUNDARY")
+#: Predicted distance to the field outline (4H, 4W, 1) float32 in [0, 1] (1 at a field's core),
+#: written by field-delineation models.
+PRED_DISTANCE = (FeatureType.DATA_TIMELESS, "PRED_DISTANCE")
 PRED_MODEL_KEY = "PRED_MODEL"
 PRED_THRESHOLD_KEY = "PRED_THRESHOLD"
 #: ``meta_info`` key of a box's name (e.g. ``eopatch-01``), used for file names and attributes.

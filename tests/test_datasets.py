@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from s2agri.models.box_inputs import box_observations, load_box, prepared_box_nbytes, read_box_shape
 from s2agri.models.datasets import BoxBatchSampler, PatchDataset, patch_starts, split_boxes
 from s2agri.tasks import contract
+from s2agri.tasks.delineation import delineation_targets
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.tensors import STACK, FrameSelectionTask, PercentileNormaliser, TensorStackTask, targets
 from s2agri.workflows.simulate import simulate_region
@@ -168,6 +169,31 @@ def test_augmentation_keeps_x_and_y_aligned(tmp_path: Path) -> None:
             np.testing.assert_array_equal(y, _dihedral(reference["y"][0].numpy(), k, flip))
             np.testing.assert_array_equal(weight, _dihedral(reference["weight"][0].numpy(), k, flip))
     assert len(seen) >= 5  # the transforms do vary
+
+
+def test_delineation_targets_are_cropped_and_augmented_with_y(tmp_path: Path) -> None:
+    box = _asymmetric_box(tmp_path, "asym")
+    whole = EOPatch.load(str(box))[contract.CULTIVATED][..., 0]
+    _, boundary, distance = delineation_targets(whole)
+    plain = PatchDataset([box], UNIT, patch_size=32, augment=False, delineation=True)
+    augmented = PatchDataset([box], UNIT, patch_size=32, augment=True, seed=1, delineation=True)
+    assert "aux" not in PatchDataset([box], UNIT, patch_size=32, augment=False)[0]
+    for index in range(len(plain)):
+        _, row, col = plain.patch_origin(index)
+        crop = (slice(4 * row, 4 * row + 32), slice(4 * col, 4 * col + 32))
+        aux = plain[index]["aux"].numpy()
+        assert aux.shape == (2, 32, 32) and aux.dtype == np.float32
+        np.testing.assert_array_equal(aux[0], boundary[crop])
+        np.testing.assert_array_equal(aux[1], distance[crop])
+        item = augmented[index]
+        k, flip = next(
+            (k, flip)
+            for k in range(4)
+            for flip in (False, True)
+            if np.array_equal(item["x"].numpy(), _dihedral(plain[index]["x"].numpy(), k, flip))
+        )
+        np.testing.assert_array_equal(item["aux"].numpy(), _dihedral(aux, k, flip))
+        np.testing.assert_array_equal(item["y"].numpy(), _dihedral(plain[index]["y"].numpy(), k, flip))
 
 
 def test_augmentation_is_reproducible_and_changes_with_the_epoch(tmp_path: Path) -> None:

@@ -19,7 +19,13 @@ from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.monthly import monthly_inputs
 from s2agri.tasks.predict_deep import model_input
-from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
+from s2agri.tasks.prediction import (
+    PRED_BOUNDARY,
+    PRED_CULTIVATED,
+    PRED_DISTANCE,
+    PRED_MODEL_KEY,
+    PRED_PROBA,
+)
 from s2agri.tasks.tensors import PercentileNormaliser
 from s2agri.workflows import cli
 from s2agri.workflows.config import DEEP_MODELS, PARCEL_MODELS, PIXEL_MODELS, MappingConfig, ModelName
@@ -37,6 +43,7 @@ TINY: dict[str, dict] = {
     "lstm": {"hidden_size": 8, "num_layers": 1},
     "convlstm": {"hidden": 8, "n_layers": 1},
     "convstar": {"hidden": 8, "n_layers": 1},
+    "unet-delineation": {"base_width": 8},
 }
 
 
@@ -165,6 +172,13 @@ def test_train_and_predict_every_new_segmenter(name: str, region: Path, tmp_path
     assert 0.2 <= card["threshold"] <= 0.8 and card["threshold_selection"]["epoch"] == 1
     assert np.array_equal(patch[PRED_CULTIVATED][..., 0], proba[..., 0] >= card["threshold"])
     assert patch.meta_info[PRED_MODEL_KEY] == name
+    delineation = name == "unet-delineation"
+    for feature in (PRED_BOUNDARY, PRED_DISTANCE):  # only delineation models predict boundaries
+        assert (feature in patch) == delineation
+        if delineation:
+            values = patch[feature]
+            assert values.shape == (160, 160, 1) and values.dtype == np.float32
+            assert values.min() >= 0 and values.max() <= 1
 
 
 def test_paper_preset_from_the_command_line(region: Path, tmp_path: Path) -> None:

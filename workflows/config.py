@@ -262,13 +262,21 @@ class VectoriseConfig(_Strict):
     simplify_tolerance_m: float = Field(2.5, ge=0.0)
     instances: Literal["watershed", "components"] = Field(
         "watershed",
-        description="fields: 'watershed' splits touching fields at narrow necks (s2agri.tasks.instances), "
-        "'components' keeps the 4-connected components of the mask",
+        description="fields: 'watershed' splits touching fields along a delineation model's predicted "
+        "boundaries, else at narrow necks of the mask (s2agri.tasks.instances); 'components' keeps the "
+        "4-connected components of the mask",
     )
     smoothing_px: float = Field(
         1.5, ge=0.0, description="watershed: Gaussian smoothing of the distance map (px)"
     )
     h_px: float = Field(2.0, gt=0.0, description="watershed: depth (px) a field core must have to be a field")
+    surface_h: float = Field(
+        0.15,
+        gt=0.0,
+        lt=1.0,
+        description="watershed with a delineation model: depth a field core must have on the predicted "
+        "surface distance x (1 - boundary)",
+    )
 
 
 class ExportConfig(_Strict):

@@ -58,7 +58,9 @@ from s2agri.tasks.prediction import (
     BOX_ID_KEY,
     INPUT_KEY,
     INPUT_RELATIVE_KEY,
+    PRED_BOUNDARY,
     PRED_CULTIVATED,
+    PRED_DISTANCE,
     PRED_OBSERVED,
     PRED_PROBA,
     NdviRuleTask,
@@ -80,6 +82,8 @@ SUBMISSION, PROBA, SAMPLES = "submission", "proba", "samples"
 SAVED_FEATURES: tuple[Feature, ...] = (
     PRED_PROBA,
     PRED_CULTIVATED,
+    PRED_BOUNDARY,
+    PRED_DISTANCE,
     PRED_OBSERVED,
     PRED_INSTANCES,
     PARCELS_PRED,
@@ -360,6 +364,7 @@ class PredictionWorkflow:
                 method="components" if trained.is_parcel else config.vectorise.instances,
                 smoothing_px=config.vectorise.smoothing_px,
                 h_px=config.vectorise.h_px,
+                surface_h=config.vectorise.surface_h,
             ),
             VectoriseTask(
                 min_area_m2=config.vectorise.min_area_m2,

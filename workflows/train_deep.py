@@ -53,6 +53,11 @@ def _constructor_arguments(model: str) -> set[str]:
     return set(inspect.signature(get_constructor(model)).parameters)
 
 
+def delineation_targets_for(model: str) -> bool:
+    """Whether ``model`` learns the field-delineation targets (boundary and distance besides extent)."""
+    return "boundary" in getattr(get_constructor(model), "output_names", ())
+
+
 def months_for(config: MappingConfig) -> tuple[int, ...] | None:
     """Calendar months of the monthly-median input (``deep.months``) of the monthly models, else None."""
     return tuple(config.deep.months) if config.train.model in MONTHLY_MODELS else None
@@ -285,6 +290,7 @@ def train_deep_model(
         "cache_boxes": deep.cache_boxes,
         "valid_mask_task": valid_task,
         "months": months,
+        "delineation": delineation_targets_for(config.train.model),
     }
     per_box = None if deep.samples_per_epoch is None else math.ceil(deep.samples_per_epoch / len(train))
     train_set = PatchDataset(train, augment=True, patches_per_box=per_box, **common)
