@@ -1,4 +1,4 @@
-"""Names of the trainable models, by family (no imports: the CLI parser and the config use them)."""
+"""Names of the models, by family (no imports: the CLI parser and the config use them)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,22 @@ MONTHLY_MODELS: tuple[str, ...] = ("convlstm", "convstar")
 PARCEL_MODELS: tuple[str, ...] = ("tempcnn", "transformer", "lstm-parcel")
 #: Every model ``s2agri train --model`` accepts.
 TRAINABLE_MODELS: tuple[str, ...] = PIXEL_MODELS + DEEP_MODELS + PARCEL_MODELS
+#: Models that need no training, usable by name with ``--model``.
+RULE_MODELS: tuple[str, ...] = ("ndvi-rule",)
+#: Family -> its models; every model belongs to exactly one family (how each family is trained,
+#: loaded and predicted: :mod:`s2agri.workflows.families`).
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "pixel": PIXEL_MODELS,
+    "deep": DEEP_MODELS,
+    "parcel": PARCEL_MODELS,
+    "rule": RULE_MODELS,
+}
+
+
+def family_name(model: str) -> str:
+    """The family of model ``model`` (a key of :data:`FAMILIES`); ``ValueError`` for an unknown name."""
+    for family, models in FAMILIES.items():
+        if model in models:
+            return family
+    known = ", ".join(m for models in FAMILIES.values() for m in models)
+    raise ValueError(f"unknown model {model!r}: known models are {known}")

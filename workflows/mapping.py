@@ -71,7 +71,8 @@ from s2agri.tasks.stats5x5 import NeighbourhoodStatisticsTask
 from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
 from s2agri.tasks.weights import weight_map
 from s2agri.tasks.zonal import PARCEL_STATS, ZonalStatisticsTask
-from s2agri.workflows.config import PARCEL_MODELS, MappingConfig
+from s2agri.workflows.config import MappingConfig
+from s2agri.workflows.families import family_of
 from s2agri.workflows.model_store import TrainedModel, with_model_inputs
 
 LOGGER = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def required_inputs(
         features.append(contract.SCL)
     if reference:
         features.append(contract.CULTIVATED)
-    if parcels or (reference and config.train.model in PARCEL_MODELS):
+    if parcels or (reference and family_of(config.train.model).known_parcels):
         features.append(contract.REFERENCE)
     return features
 
@@ -286,31 +287,30 @@ def parcel_tasks(
     ]
 
 
-def prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[EOTask]:
-    """The tasks writing PRED_PROBA / PRED_CULTIVATED with ``trained`` (after :func:`feature_tasks`)."""
-    if trained.is_parcel:
-        info = trained.parcel or {}
-        return parcel_tasks(
-            trained.model,
-            info["scaler"],
-            model_name=trained.name,
-            steps=info["steps"],
-            months=info["months"],
-            buffer_m=info["buffer_m"],
-            threshold=config.predict.cutoff,
-            num_threads=config.deep.trainer.num_threads,
-        )
-    return [prediction_task(trained, config)]
+def parcel_prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[EOTask]:
+    """Prediction nodes of a parcel classifier: zonal statistics, classifier, painting."""
+    info = trained.parcel or {}
+    return parcel_tasks(
+        trained.model,
+        info["scaler"],
+        model_name=trained.name,
+        steps=info["steps"],
+        months=info["months"],
+        buffer_m=info["buffer_m"],
+        threshold=config.predict.cutoff,
+        num_threads=config.deep.trainer.num_threads,
+    )
 
 
-def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
-    """The task writing PRED_PROBA / PRED_CULTIVATED with a pixel, deep or rule model ``trained``."""
-    if trained.is_parcel:
-        raise ValueError(f"{trained.name} is a parcel model: use prediction_tasks (zonal statistics first)")
-    if trained.is_rule:
-        return NdviRuleTask()
-    if trained.is_deep:
-        return DeepModelPredictTask(
+def rule_prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[EOTask]:
+    """Prediction node of the NDVI rule."""
+    return [NdviRuleTask()]
+
+
+def deep_prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[EOTask]:
+    """Prediction node of a torch segmenter (tiled 2.5 m inference)."""
+    return [
+        DeepModelPredictTask(
             trained.model,
             trained.normaliser,
             trained.n_frames,
@@ -320,19 +320,40 @@ def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
             num_threads=config.deep.trainer.num_threads,
             months=trained.months,
         )
+    ]
+
+
+def pixel_prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[EOTask]:
+    """Prediction node of a pixel classifier on the pixel features (trees compiled when configured)."""
     if config.predict.compiled_trees != "off" and isinstance(trained.model, LightGBMPixelClassifier):
         try:
             trained.model.compile_trees(required=config.predict.compiled_trees == "on")
         except RuntimeError as exc:
             raise S2AgriInputError(f"predict.compiled_trees: on, but {exc}: install it or set 'off'") from exc
-    return PixelModelPredictTask(
-        trained.model,
-        pixel_features_feature(config),
-        mode=config.predict.mode,
-        threshold=config.predict.cutoff,
-        model_name=trained.name,
-        refine_margin=config.predict.refine_margin,
-    )
+    return [
+        PixelModelPredictTask(
+            trained.model,
+            pixel_features_feature(config),
+            mode=config.predict.mode,
+            threshold=config.predict.cutoff,
+            model_name=trained.name,
+            refine_margin=config.predict.refine_margin,
+        )
+    ]
+
+
+def prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[EOTask]:
+    """The tasks writing PRED_PROBA / PRED_CULTIVATED with ``trained`` (after :func:`feature_tasks`):
+    those of its family (:mod:`s2agri.workflows.families`)."""
+    return trained.family.prediction_tasks(trained, config)
+
+
+def prediction_task(trained: TrainedModel, config: MappingConfig) -> EOTask:
+    """The one task writing PRED_PROBA / PRED_CULTIVATED with a pixel, deep or rule model ``trained``."""
+    tasks = prediction_tasks(trained, config)
+    if len(tasks) != 1:
+        raise ValueError(f"{trained.name} predicts in {len(tasks)} steps: use prediction_tasks")
+    return tasks[0]
 
 
 def _node_kwargs(workflow: EOWorkflow, per_task: dict[type, dict[str, Any]]) -> dict:
@@ -351,17 +372,17 @@ class PredictionWorkflow:
     def __init__(self, trained: TrainedModel, config: MappingConfig, input_root: Path, run: Path):
         self.run = Path(run)
         config = with_model_inputs(trained, config)
-        statistics = not (trained.is_rule or trained.is_deep or trained.is_parcel)
-        saved = (*SAVED_FEATURES, PARCEL_STATS) if trained.is_parcel else SAVED_FEATURES
+        family = trained.family
+        saved = (*SAVED_FEATURES, PARCEL_STATS) if family.known_parcels else SAVED_FEATURES
         tasks = [
             LoadTask(str(input_root)),
             BoxNameTask(),
-            *feature_tasks(config, statistics=statistics),
+            *feature_tasks(config, statistics=family.pixel_features),
             *prediction_tasks(trained, config),
             ObservedMaskTask(min_observations=config.predict.min_observations),
             InstanceSegmentationTask(
                 # a parcel model paints the known parcels: its components are the parcels
-                method="components" if trained.is_parcel else config.vectorise.instances,
+                method="components" if family.known_parcels else config.vectorise.instances,
                 smoothing_px=config.vectorise.smoothing_px,
                 h_px=config.vectorise.h_px,
                 surface_h=config.vectorise.surface_h,

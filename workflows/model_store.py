@@ -27,6 +27,7 @@ from s2agri.tasks.export import atomic_write_text
 
 if TYPE_CHECKING:
     from s2agri.workflows.config import MappingConfig
+    from s2agri.workflows.families import ModelFamily
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,16 +53,28 @@ class TrainedModel:
     parcel: dict[str, Any] | None = None
 
     @property
+    def family(self) -> ModelFamily:
+        """How this kind of model is trained, loaded and predicted (:mod:`s2agri.workflows.families`)."""
+        return family_of(self.name)
+
+    @property
     def is_rule(self) -> bool:
-        return self.model is None
+        return self.family.name == "rule"
 
     @property
     def is_deep(self) -> bool:
-        return self.normaliser is not None
+        return self.family.name == "deep"
 
     @property
     def is_parcel(self) -> bool:
-        return self.parcel is not None
+        return self.family.known_parcels
+
+
+def family_of(name: str) -> ModelFamily:
+    """The family of model ``name`` (imported here lazily: the families import this module)."""
+    from s2agri.workflows.families import family_of as lookup
+
+    return lookup(name)
 
 
 def model_filename(name: str) -> str:
@@ -117,10 +130,9 @@ def load_trained(spec: str | os.PathLike[str]) -> TrainedModel:
     path = folder / filename
     if not path.is_file():
         raise S2AgriInputError(f"{card_path} names {filename}, which is missing: train the model again")
-    if path.suffix == ".pt":
-        from s2agri.workflows.config import PARCEL_MODELS
-
-        return _load_parcel(name, path, card) if name in PARCEL_MODELS else _load_deep(name, path, card)
+    loader = family_of(name).load_checkpoint
+    if path.suffix == ".pt" and loader is not None:
+        return loader(name, path, card)
     try:
         model = load_model(name, path)
     except (OSError, ValueError) as exc:
@@ -131,7 +143,7 @@ def load_trained(spec: str | os.PathLike[str]) -> TrainedModel:
     return TrainedModel(name, model, card)
 
 
-def _load_deep(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
+def load_deep_checkpoint(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
     """A torch segmenter from its checkpoint (``torch.load(weights_only=True)``) with its normaliser."""
     from s2agri.models.checkpoints import build_model_from_checkpoint, load_checkpoint
     from s2agri.tasks.tensors import PercentileNormaliser
@@ -151,7 +163,7 @@ def _load_deep(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
     )
 
 
-def _load_parcel(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
+def load_parcel_checkpoint(name: str, path: Path, card: dict[str, Any]) -> TrainedModel:
     """A parcel classifier from its checkpoint with its feature scaler, steps, months and buffer."""
     from s2agri.models.parcel_training import ParcelFeatureScaler
     from s2agri.workflows.train_parcel import load_parcel_checkpoint

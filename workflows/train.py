@@ -28,7 +28,8 @@ from s2agri.models.sampling import SampleAccumulator, SampleSet
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.metrics import Confusion, mcc
 from s2agri.tasks.predict_pixel import train_pixel_model
-from s2agri.workflows.config import DEEP_MODELS, PARCEL_MODELS, MappingConfig, dump_config, load_config
+from s2agri.workflows.config import MappingConfig, dump_config, load_config
+from s2agri.workflows.families import family_of
 from s2agri.workflows.mapping import SAMPLES, SamplingWorkflow, required_inputs
 from s2agri.workflows.model_store import save_trained
 from s2agri.workflows.runs import (
@@ -260,13 +261,14 @@ def train_command(args: argparse.Namespace) -> int:
         updates["workers"] = args.workers
     config = MappingConfig.model_validate({**config.model_dump(), **updates})
     resume = bool(getattr(args, "resume", False))
+    family = family_of(config.train.model)
     checkpoints = None
-    if resume or config.train.model in DEEP_MODELS:
+    if resume or family.resumable:
         from s2agri.workflows.train_deep import checkpoints_folder, resume_config
 
         checkpoints = checkpoints_folder(Path(args.out))
         if resume:
-            if args.config is not None and config.train.model not in DEEP_MODELS:
+            if args.config is not None and not family.resumable:
                 raise S2AgriInputError(
                     f"--resume continues the epochs of a deep model; {config.train.model} is fitted in one go: "
                     "drop --resume"
@@ -285,41 +287,12 @@ def train_command(args: argparse.Namespace) -> int:
     out = check_out(args.out, args.overwrite or resume, inputs=args.boxes)
     boxes = find_boxes(args.boxes)
     preflight(boxes, required_inputs(config, reference=True))
+    family = family_of(config.train.model)  # a resumed run's stored config names the model
+    if family.train is None:
+        raise S2AgriInputError(f"{config.train.model} needs no training: use it by name with --model")
     with staged_folder(out) as staging, _keep_checkpoints_note(checkpoints):
-        if config.train.model in DEEP_MODELS:
-            from s2agri.workflows.train_deep import train_deep_model
-
-            card = train_deep_model(boxes, config, staging, checkpoints=checkpoints, resume=resume)
-            dump_config(config, staging / "config.json")
-        elif config.train.model in PARCEL_MODELS:
-            from s2agri.workflows.train_parcel import train_parcel_model
-
-            card = train_parcel_model(boxes, config, staging)
-            dump_config(config, staging / "config.json")
-        else:
-            card = train_model(boxes, config, staging, config.workers)
-    if config.train.model in PARCEL_MODELS:
-        validation = card["validation"]
-        print(
-            f"trained {card['model']} ({card['n_parameters']} parameters) on {card['parcels']['train']} parcels of "
-            f"{len(card['training_boxes'])} boxes in {card['train_seconds']:.1f} s: {card['epochs']} epochs "
-            f"({card['stop_reason']}), best epoch {card['best_epoch']}: val loss {validation['val_loss']:.4f}, "
-            f"val MCC {validation['val_mcc']:.3f}"
-        )
-    elif config.train.model in DEEP_MODELS:
-        validation = card["validation"]
-        print(
-            f"trained {card['model']} ({card['n_parameters']} parameters) on {card['patches']['train_per_epoch']} "
-            f"patches per epoch of {len(card['training_boxes'])} boxes in {card['train_seconds']:.1f} s: "
-            f"{card['epochs']} epochs ({card['stop_reason']}), best epoch {card['best_epoch']}: val loss "
-            f"{validation['val_loss']:.4f}, val weighted MCC {validation.get('val_threshold_weighted_mcc', 0):.3f} "
-            f"at threshold {card['threshold']:.2f}"
-        )
-    else:
-        print(
-            f"trained {card['model']} on {card['samples']['total']} pixels of {len(card['training_boxes'])} boxes "
-            f"in {card['train_seconds']:.1f} s: {card['n_parameters']} nodes, {card['serialized_bytes']} bytes"
-        )
+        card = family.train(boxes, config, staging, checkpoints=checkpoints, resume=resume)
+    print(family.summary(card))
     if checkpoints is not None:
         shutil.rmtree(checkpoints, ignore_errors=True)  # published with the model (training/)
     if card.get("skipped_boxes"):

@@ -30,6 +30,7 @@ from eolearn.core import EOPatch, EOTask
 
 from s2agri.models.checkpoints import atomic_save
 from s2agri.models.datasets import split_boxes
+from s2agri.models.names import PARCEL_MODELS, family_name
 from s2agri.models.parcel_training import ParcelFeatureScaler, fit_parcel_classifier, history_csv
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import create_model, get_constructor
@@ -38,7 +39,7 @@ from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.predict_parcel import observed, parcel_series
 from s2agri.tasks.zonal import ZonalStatisticsTask, parcel_targets
-from s2agri.workflows.config import PARCEL_MODELS, MappingConfig
+from s2agri.workflows.config import MappingConfig
 from s2agri.workflows.mapping import feature_tasks, parcel_tasks
 from s2agri.workflows.model_store import save_card
 from s2agri.workflows.runs import preflight
@@ -77,7 +78,7 @@ class BoxParcels:
 def check_parcel_config(config: MappingConfig) -> None:
     """One-line input errors for a parcel model the config cannot train."""
     name = config.train.model
-    if name not in PARCEL_MODELS:
+    if family_name(name) != "parcel":
         raise S2AgriInputError(f"{name} is not a parcel model: use one of {', '.join(PARCEL_MODELS)}")
     if name == "tempcnn" and config.parcel.steps == "frames":
         raise S2AgriInputError(
