@@ -1,7 +1,7 @@
 """Areas of interest (AOI) for regional batch mapping: read, check and split into a UTM grid of boxes.
 
 The work lives in :mod:`s2agri.aoi.grid` (``read_aoi``, ``check_aoi``, ``split_aoi``,
-``box_bbox``, ``write_grid``) and the ``s2agri aoi`` command in :mod:`s2agri.aoi.command`.
+``box_bbox``, ``write_grid``) (the ``s2agri aoi`` command is :mod:`s2agri.workflows.commands.aoi`).
 This module stays light (no geopandas import) so the command line can read its defaults
 without slowing ``s2agri --help``.
 """

@@ -23,12 +23,12 @@ from s2agri.workflows.validate import Violation
 
 @pytest.fixture
 def fake_simulate(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[argparse.Namespace], int]], None]:
-    """Install a stand-in ``s2agri.workflows.simulate`` module whose ``simulate_command`` is given."""
+    """Install a stand-in ``s2agri.workflows.commands.simulate`` module whose ``simulate_command`` is given."""
 
     def install(handler: Callable[[argparse.Namespace], int]) -> None:
-        module = types.ModuleType("s2agri.workflows.simulate")
+        module = types.ModuleType("s2agri.workflows.commands.simulate")
         module.simulate_command = handler  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "s2agri.workflows.simulate", module)
+        monkeypatch.setitem(sys.modules, "s2agri.workflows.commands.simulate", module)
 
     return install
 

@@ -65,7 +65,7 @@ def _add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from s2agri.workflows.simulate import simulate_command
+    from s2agri.workflows.commands.simulate import simulate_command
 
     return simulate_command(args)
 
@@ -77,7 +77,7 @@ def _add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from s2agri.workflows.validate import validate_command
+    from s2agri.workflows.commands.validate import validate_command
 
     return validate_command(args)
 
@@ -128,7 +128,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from s2agri.workflows.train import train_command
+    from s2agri.workflows.commands.train import train_command
 
     return train_command(args)
 
@@ -143,7 +143,7 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from s2agri.workflows.predict import predict_command
+    from s2agri.workflows.commands.predict import predict_command
 
     return predict_command(args)
 
@@ -157,7 +157,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from s2agri.workflows.evaluate import evaluate_command
+    from s2agri.workflows.commands.evaluate import evaluate_command
 
     return evaluate_command(args)
 
@@ -174,7 +174,7 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from s2agri.workflows.export import export_command
+    from s2agri.workflows.commands.export import export_command
 
     return export_command(args)
 
@@ -191,7 +191,7 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from s2agri.workflows.demo import demo_command
+    from s2agri.workflows.commands.demo import demo_command
 
     return demo_command(args)
 
@@ -213,7 +213,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> int:
-    from s2agri.workflows.config_show import config_show_command
+    from s2agri.workflows.commands.config_show import config_show_command
 
     return config_show_command(args)
 
@@ -262,7 +262,7 @@ def _add_aoi_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_aoi(args: argparse.Namespace) -> int:
-    from s2agri.aoi.command import aoi_command
+    from s2agri.workflows.commands.aoi import aoi_command
 
     return aoi_command(args)
 
@@ -316,7 +316,7 @@ def _add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_fetch(args: argparse.Namespace) -> int:
-    from s2agri.workflows.fetch import fetch_command
+    from s2agri.workflows.commands.fetch import fetch_command
 
     return fetch_command(args)
 
@@ -337,7 +337,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from s2agri.workflows.region import run_command
+    from s2agri.workflows.commands.region import run_command
 
     return run_command(args)
 
@@ -385,7 +385,8 @@ COMMANDS: tuple[Command, ...] = (
 
 
 def package_version() -> str:
-    """The installed s2agri version."""
+    """The installed s2agri version (as :func:`s2agri.tasks.version.package_version`, which the CLI
+    does not import: ``s2agri.tasks`` loads eo-learn, and ``--version`` must stay instant)."""
     try:
         return version("s2agri")
     except PackageNotFoundError:

@@ -24,6 +24,7 @@ from s2agri.models import rule
 from s2agri.models.registry import available_models, load_model, model_summary
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.export import atomic_write_text
+from s2agri.tasks.version import package_version
 
 if TYPE_CHECKING:
     from s2agri.workflows.config import MappingConfig
@@ -84,8 +85,6 @@ def model_filename(name: str) -> str:
 
 def save_card(folder: Path, card: dict[str, Any]) -> dict[str, Any]:
     """Write ``model_card.json`` (with creation time and s2agri version) into ``folder``, atomically."""
-    from s2agri.workflows.cli import package_version
-
     card = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "s2agri_version": package_version(),

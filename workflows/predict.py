@@ -20,11 +20,9 @@ A box that fails leaves no file behind; the others are kept and the failures lis
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,19 +34,16 @@ from eolearn.core import EOPatch, FeatureType
 from s2agri.tasks import contract
 from s2agri.tasks.vectorise import PARCELS_PRED, empty_parcels, export_parcels
 from s2agri.tasks.zonal import PARCEL_STATS, parcel_dates, zonal_attributes
-from s2agri.workflows.config import MappingConfig, dump_config, load_config, read_config_mapping
-from s2agri.workflows.mapping import PredictionWorkflow, required_inputs
-from s2agri.workflows.model_store import TrainedModel, load_trained, with_model_inputs
+from s2agri.workflows.config import MappingConfig, dump_config
+from s2agri.workflows.mapping import PredictionWorkflow
+from s2agri.workflows.model_store import TrainedModel, with_model_inputs
 from s2agri.workflows.runs import (
     EOPATCHES,
     REPORT,
     ExecutionSummary,
-    check_out,
     execute,
-    find_boxes,
     preflight,
     relative_folders,
-    staged_folder,
     write_json,
 )
 from s2agri.workflows.stac_outputs import predict_run_collection
@@ -155,37 +150,3 @@ def predict_boxes(
         write_json(run / "failed.json", summary.failures)
     predict_run_collection(run, summary.succeeded, trained.name, {box.name: box for box in boxes})
     return summary
-
-
-def _resolved_config(args: argparse.Namespace) -> MappingConfig:
-    config = load_config(args.config)
-    if args.workers is not None:
-        config = config.model_copy(update={"workers": args.workers})
-    return MappingConfig.model_validate(config.model_dump())
-
-
-def predict_command(args: argparse.Namespace) -> int:
-    """Handler of ``s2agri predict``."""
-    config = _resolved_config(args)
-    model_inputs = [args.model] if Path(args.model).exists() else []
-    out = check_out(args.out, args.overwrite, inputs=[*args.boxes, *model_inputs])
-    trained = load_trained(args.model)
-    config = with_model_inputs(trained, config, read_config_mapping(args.config) if args.config else {})
-    boxes = find_boxes(args.boxes)
-    if trained.is_parcel:
-        check_parcel_boxes(boxes, trained.name)
-    preflight(boxes, required_inputs(config, parcels=trained.is_parcel))
-    with staged_folder(out) as staging:
-        summary = predict_boxes(boxes, trained, config, staging, config.workers)
-    done = len(summary.succeeded)
-    print(f"predicted {done} of {len(boxes)} boxes with {trained.name} into {out}")
-    print(f"  parcels:     {out / PARCELS_FILE} (layer '{PARCELS_LAYER}')")
-    if trained.is_parcel and done:
-        print(f"  statistics:  {out / PARCEL_STATS_FILE} (layer '{PARCEL_STATS_LAYER}')")
-    print(f"  submission:  {out / 'submission'}")
-    if summary.report is not None:
-        print(f"  report:      {out / summary.report}")
-    if summary.failures:
-        sys.stderr.write(f"s2agri: error: {summary.failure_line()}; see {out / 'failed.json'}\n")
-        return EXIT_SOME_FAILED
-    return 0

@@ -21,7 +21,6 @@ boxes never stop the others; ``--resume`` leaves them out until ``--retry-failed
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -392,37 +391,3 @@ def run_region(
     write_json(out / SUMMARY_FILE, summary)
     region_run_collection(out, done, [fmt.lstrip(".") for fmt in config.export.formats])
     return summary
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Handler of ``s2agri run``."""
-    config = load_region_config(args.config)
-    engine = config.engine.model_dump()
-    if args.workers is not None:
-        engine["workers"] = args.workers
-    if args.engine is not None:
-        engine["kind"] = args.engine
-    if args.ray_address is not None:
-        engine.update(kind="ray", ray_address=args.ray_address)
-    config = config.model_copy(update={"engine": EngineConfig.model_validate(engine)})
-    out = Path(args.out)
-    summary = run_region(config, out, resume=args.resume, retry_failed=args.retry_failed, yes=args.yes)
-    print(
-        f"mapped {summary['done']} of {summary['boxes']} boxes into {out} "
-        f"({summary['ran'][DATA]} simulated, {summary['ran'][PREDICT]} predicted in this run; "
-        f"{summary['seconds']['total']:.0f} s with {config.engine.kind} x {config.engine.workers})"
-    )
-    print(
-        f"  parcels:  {', '.join(str(out / f'parcels.{fmt}') for fmt in config.export.formats)} ({summary['parcels']})"
-    )
-    if config.export.mosaics:
-        print(f"  mosaics:  {out / MOSAIC}")
-    if summary["failed"]:
-        import sys
-
-        sys.stderr.write(
-            f"s2agri: error: {summary['failed']} boxes failed, see {out / FAILED_FILE}; "
-            "rerun with --resume --retry-failed\n"
-        )
-        return 1
-    return 0

@@ -13,12 +13,10 @@ whatever the number of boxes. The model folder gets ``model.<ext>``, ``model_car
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +26,13 @@ from s2agri.models.sampling import SampleAccumulator, SampleSet
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.metrics import Confusion, mcc
 from s2agri.tasks.predict_pixel import train_pixel_model
-from s2agri.workflows.config import MappingConfig, dump_config, load_config
-from s2agri.workflows.families import family_of
-from s2agri.workflows.mapping import SAMPLES, SamplingWorkflow, required_inputs
+from s2agri.workflows.config import MappingConfig, dump_config
+from s2agri.workflows.mapping import SAMPLES, SamplingWorkflow
 from s2agri.workflows.model_store import save_trained
 from s2agri.workflows.runs import (
     REPORT,
-    check_out,
     execute,
-    find_boxes,
-    preflight,
     relative_folders,
-    staged_folder,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -219,83 +212,3 @@ def train_model(
     dump_config(config, folder / "config.json")
     LOGGER.info("trained %s in %.1f s on %d samples", config.train.model, train_seconds, len(samples))
     return card
-
-
-@contextmanager
-def _keep_checkpoints_note(checkpoints: Path | None) -> Iterator[None]:
-    """On failure or Ctrl-C, say where the checkpoints are kept and how to continue."""
-    try:
-        yield
-    except BaseException:
-        if checkpoints is not None and (checkpoints / "last.pt").is_file():
-            LOGGER.warning(
-                "the run's checkpoints are kept in %s: rerun with --resume to continue it", checkpoints
-            )
-        raise
-
-
-def _resumable_checkpoint(out: Path, checkpoints: Path) -> Path:
-    """The ``last.pt`` that ``--resume`` continues: an interrupted run's, else the published model's."""
-    for candidate in (checkpoints / "last.pt", out / "training" / "last.pt"):
-        if candidate.is_file():
-            # a published model's checkpoints move to the checkpoints folder, which the run then updates
-            if candidate.parent != checkpoints:
-                shutil.copytree(candidate.parent, checkpoints, dirs_exist_ok=True)
-            return checkpoints / "last.pt"
-    raise S2AgriInputError(
-        f"--resume: neither {checkpoints} nor {out / 'training'} holds a last.pt (only deep models are trained "
-        "in epochs that can be resumed): train without --resume"
-    )
-
-
-def train_command(args: argparse.Namespace) -> int:
-    """Handler of ``s2agri train``."""
-    config = load_config(args.config)
-    updates: dict[str, Any] = {}
-    if args.model is not None:
-        updates["train"] = config.train.model_copy(update={"model": args.model})
-    if getattr(args, "preset", None) is not None:
-        train = updates.get("train", config.train)
-        updates["train"] = train.model_copy(update={"preset": args.preset})
-    if args.workers is not None:
-        updates["workers"] = args.workers
-    config = MappingConfig.model_validate({**config.model_dump(), **updates})
-    resume = bool(getattr(args, "resume", False))
-    family = family_of(config.train.model)
-    checkpoints = None
-    if resume or family.resumable:
-        from s2agri.workflows.train_deep import checkpoints_folder, resume_config
-
-        checkpoints = checkpoints_folder(Path(args.out))
-        if resume:
-            if args.config is not None and not family.resumable:
-                raise S2AgriInputError(
-                    f"--resume continues the epochs of a deep model; {config.train.model} is fitted in one go: "
-                    "drop --resume"
-                )
-            last = _resumable_checkpoint(Path(args.out), checkpoints)
-            config = resume_config(last, config, explicit=args.config is not None)
-            if args.model is not None and args.model != config.train.model:
-                raise S2AgriInputError(
-                    f"--resume continues a {config.train.model} run, not {args.model}: drop --model or --resume"
-                )
-        elif (checkpoints / "last.pt").exists():
-            LOGGER.warning(
-                "%s holds an interrupted run: it is replaced (add --resume to continue it)", checkpoints
-            )
-            shutil.rmtree(checkpoints)
-    out = check_out(args.out, args.overwrite or resume, inputs=args.boxes)
-    boxes = find_boxes(args.boxes)
-    preflight(boxes, required_inputs(config, reference=True))
-    family = family_of(config.train.model)  # a resumed run's stored config names the model
-    if family.train is None:
-        raise S2AgriInputError(f"{config.train.model} needs no training: use it by name with --model")
-    with staged_folder(out) as staging, _keep_checkpoints_note(checkpoints):
-        card = family.train(boxes, config, staging, checkpoints=checkpoints, resume=resume)
-    print(family.summary(card))
-    if checkpoints is not None:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # published with the model (training/)
-    if card.get("skipped_boxes"):
-        print(f"skipped {len(card['skipped_boxes'])} boxes, see {out / 'model_card.json'}")
-    print(f"wrote the model to {out}")
-    return 0

@@ -9,7 +9,6 @@ vector features as ``.gpkg``) and the legacy eo-learn 0.x layout of the challeng
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import logging
@@ -17,7 +16,6 @@ import math
 import os
 import pickle
 import struct
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -450,26 +448,3 @@ def validate_eopatch(path: str | os.PathLike[str]) -> list[Violation]:
 
     _check_consistency(headers, n_timestamps, bbox, violations)
     return violations
-
-
-def validate_command(args: argparse.Namespace) -> int:
-    """``s2agri validate PATH...``: one line per valid patch or per violation; exit 1 on any violation."""
-    n_ok = n_bad = n_violations = 0
-    for path in args.paths:
-        start = time.perf_counter()
-        violations = validate_eopatch(path)
-        logger.debug("validated %s in %.3f s", path, time.perf_counter() - start)
-        if violations:
-            n_bad += 1
-            n_violations += len(violations)
-            for violation in violations:
-                print(f"{path}: {violation}")
-        else:
-            n_ok += 1
-            print(f"OK {path}")
-    total = n_ok + n_bad
-    summary = f"validated {total} EOPatch{'es' if total != 1 else ''}: {n_ok} OK"
-    if n_bad:
-        summary += f", {n_bad} with {n_violations} violation{'s' if n_violations != 1 else ''}"
-    print(summary)
-    return 1 if n_bad else 0
