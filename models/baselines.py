@@ -279,7 +279,7 @@ class LightGBMPixelClassifier(PixelClassifier):
         if reason is None:
             try:
                 library = compiled_trees.compile_model_text(
-                    self.booster.model_to_string(), threads=self.n_jobs
+                    self._booster.model_to_string(), threads=self.n_jobs
                 )
             except (OSError, RuntimeError) as exc:  # a compiler that fails, an unwritable cache
                 reason = f"compiling failed ({' '.join(str(exc).split())[:300]})"
@@ -305,7 +305,7 @@ class LightGBMPixelClassifier(PixelClassifier):
         )
         LOGGER.info(
             "lightgbm: %d trees, %d nodes on %d samples x %d features",
-            self.booster.num_trees(),
+            self._booster.num_trees(),
             self.n_parameters,
             *X.shape,
         )
@@ -314,22 +314,29 @@ class LightGBMPixelClassifier(PixelClassifier):
     def _predict(self, X: np.ndarray) -> np.ndarray:
         if self.compiled is not None:
             return self.compiled.predict(X)
-        return self.booster.predict(X, num_threads=self.n_jobs)
+        return np.asarray(self._booster.predict(X, num_threads=self.n_jobs))
 
     @property
     def is_fitted(self) -> bool:
         return self.booster is not None
 
     @property
+    def _booster(self) -> lgb.Booster:
+        """The fitted booster (``ValueError`` before :meth:`fit` or :meth:`load`)."""
+        if self.booster is None:
+            raise ValueError(f"{self.name} model is not fitted: call fit() or load() first")
+        return self.booster
+
+    @property
     def n_features(self) -> int:
         self._require_fitted()
-        return int(self.booster.num_feature())
+        return int(self._booster.num_feature())
 
     @property
     def n_parameters(self) -> int:
         """Split nodes + leaves of all trees: ``sum(2 * num_leaves - 1)`` over the trees."""
         self._require_fitted()
-        text = self.booster.model_to_string()  # one "num_leaves=<n>" line per tree
+        text = self._booster.model_to_string()  # one "num_leaves=<n>" line per tree
         leaves = [
             int(line[len("num_leaves=") :]) for line in text.splitlines() if line.startswith("num_leaves=")
         ]
@@ -338,12 +345,17 @@ class LightGBMPixelClassifier(PixelClassifier):
     @property
     def serialized_bytes(self) -> int:
         self._require_fitted()
-        return len(self.booster.model_to_string().encode())
+        return len(self._booster.model_to_string().encode())
 
     def save(self, path: PathLike) -> Path:
         """Native LightGBM text model (``Booster.save_model``), written atomically."""
         self._require_fitted()
-        return atomic_write(path, lambda tmp: self.booster.save_model(str(tmp)))
+        booster = self._booster
+
+        def write(tmp: Path) -> None:
+            booster.save_model(str(tmp))
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: PathLike) -> LightGBMPixelClassifier:
@@ -410,30 +422,37 @@ class RandomForestPixelClassifier(PixelClassifier):
         self.estimator = RandomForestClassifier(**self.params).fit(X, y, sample_weight=w)
         LOGGER.info(
             "random forest: %d trees, %d nodes on %d samples x %d features",
-            len(self.estimator.estimators_),
+            len(self._estimator.estimators_),
             self.n_parameters,
             *X.shape,
         )
         return self
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
-        proba = self.estimator.predict_proba(X)
-        return proba[:, list(self.estimator.classes_).index(1)]
+        proba = self._estimator.predict_proba(X)
+        return proba[:, list(self._estimator.classes_).index(1)]
 
     @property
     def is_fitted(self) -> bool:
         return self.estimator is not None
 
     @property
+    def _estimator(self) -> RandomForestClassifier:
+        """The fitted forest (``ValueError`` before :meth:`fit` or :meth:`load`)."""
+        if self.estimator is None:
+            raise ValueError(f"{self.name} model is not fitted: call fit() or load() first")
+        return self.estimator
+
+    @property
     def n_features(self) -> int:
         self._require_fitted()
-        return int(self.estimator.n_features_in_)
+        return int(self._estimator.n_features_in_)
 
     @property
     def n_parameters(self) -> int:
         """Split nodes + leaves of all trees: ``sum(tree.tree_.node_count)``."""
         self._require_fitted()
-        return int(sum(tree.tree_.node_count for tree in self.estimator.estimators_))
+        return int(sum(tree.tree_.node_count for tree in self._estimator.estimators_))
 
     @property
     def serialized_bytes(self) -> int:

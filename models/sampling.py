@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -408,7 +408,7 @@ def sample_eopatch(
     *,
     cultivated_feature: tuple[FeatureType, str] = contract.CULTIVATED,
     not_declared_feature: tuple[FeatureType, str] | None = contract.NOT_DECLARED,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> SampleSet:
     """:func:`sample_box` on an EOPatch's features and reference masks (feature names from
     ``meta_info["<NAME>_FEATURES"]`` when present); ``kwargs`` go to :func:`sample_box`."""

@@ -219,9 +219,9 @@ def _vrt_xml(tiles: list[_Tile], grid: _Grid, folder: Path | None) -> str:
                 BlockXSize=str(tile.block[1]),
                 BlockYSize=str(tile.block[0]),
             )
-            size = {"xSize": str(tile.width), "ySize": str(tile.height)}
-            ET.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
-            ET.SubElement(source, "DstRect", xOff=str(col), yOff=str(row), **size)
+            width, height = str(tile.width), str(tile.height)
+            ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=width, ySize=height)
+            ET.SubElement(source, "DstRect", xOff=str(col), yOff=str(row), xSize=width, ySize=height)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
 

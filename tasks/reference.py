@@ -26,6 +26,7 @@ Errors are raised before anything is written: on error the EOPatch keeps the mas
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -241,7 +242,11 @@ class RasteriseReferenceTask(EOTask):
     def _rasterise(
         self, parcels: gpd.GeoDataFrame, eopatch: EOPatch, shape: tuple[int, int]
     ) -> dict[tuple[FeatureType, str], np.ndarray]:
-        common = {"raster_shape": shape, "buffer": self.buffer, "all_touched": contract.REFERENCE_ALL_TOUCHED}
+        common: dict[str, Any] = {
+            "raster_shape": shape,
+            "buffer": self.buffer,
+            "all_touched": contract.REFERENCE_ALL_TOUCHED,
+        }
         tasks = [
             VectorToRasterTask(
                 parcels,

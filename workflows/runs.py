@@ -386,7 +386,11 @@ def execute(
     starting a local Ray with ``workers`` CPUs when none is running). A failing box does not stop the
     others; its reason is in :attr:`ExecutionSummary.failures`.
     """
-    common = {"execution_names": list(names), "save_logs": True, "logs_folder": str(logs_folder)}
+    common: dict[str, Any] = {
+        "execution_names": list(names),
+        "save_logs": True,
+        "logs_folder": str(logs_folder),
+    }
     start = time.perf_counter()
     if engine == "ray":
         from eolearn.core.extra.ray import RayExecutor

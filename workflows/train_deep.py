@@ -281,7 +281,7 @@ def train_deep_model(
     normaliser = PercentileNormaliser(seed=seed).fit(
         box_observations(train, None if months else n_frames, valid_mask_task=valid_task)
     )
-    common = {
+    common: dict[str, Any] = {
         "normaliser": normaliser,
         "patch_size": deep.patch_size,
         "n_frames": n_frames,
