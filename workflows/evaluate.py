@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import shapely
 from eolearn.core import EOPatch, FeatureType
+from matplotlib import patheffects
 
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
@@ -196,8 +197,11 @@ def _scale_bar(ax: plt.Axes, width_px: int, pixel_m: float) -> None:
     length_m = max(v for v in (10, 25, 50, 100, 250, 500, 1000, 2000, 5000) if v <= max(target, 10))
     length_px = length_m / pixel_m
     x0, y0 = width_px * 0.04, width_px * 0.95
-    ax.plot([x0, x0 + length_px], [y0, y0], color="black", linewidth=4, solid_capstyle="butt")
-    ax.plot([x0, x0 + length_px], [y0, y0], color="white", linewidth=2, solid_capstyle="butt")
+    # a black bar in a white halo: readable on the bright map panels and on dark imagery alike
+    halo = [patheffects.Stroke(linewidth=7, foreground="white"), patheffects.Normal()]
+    ax.plot(
+        [x0, x0 + length_px], [y0, y0], color="black", linewidth=4, solid_capstyle="butt", path_effects=halo
+    )
     ax.text(x0 + length_px / 2, y0 - width_px * 0.02, f"{length_m:g} m", ha="center", va="bottom",
             fontsize=11, color="black", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})  # fmt: skip
 
@@ -205,6 +209,7 @@ def _scale_bar(ax: plt.Axes, width_px: int, pixel_m: float) -> None:
 def quicklook(folder: Path, path: Path) -> None:
     """Peak-season RGB, truth, and the prediction (false positives red, false negatives yellow) with the
     outlines of the predicted parcels; a legend and a scale bar."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     patch = _quicklook_patch(folder)
@@ -240,7 +245,7 @@ def quicklook(folder: Path, path: Path) -> None:
     legend = [
         Patch(facecolor=colour, edgecolor="black", label=name) for name, colour in QUICKLOOK_COLOURS.items()
     ]
-    legend.append(Patch(facecolor="white", edgecolor="black", label="predicted parcel outline"))
+    legend.append(Line2D([0], [0], color="black", linewidth=1.5, label="predicted parcel outline"))
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=12, frameon=False)
     fig.get_layout_engine().set(rect=(0, 0.07, 1, 0.93))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
