@@ -5,7 +5,7 @@ VENV_PY := $(VENV)/bin/python
 PIP := $(VENV_PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install postgis demo test bench lint format clean distclean
+.PHONY: install postgis demo test bench lint typecheck format clean distclean
 
 install: $(STAMP)
 
@@ -35,6 +35,13 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) typecheck
+
+# mypy (pydantic plugin) on the installed layout: links s2agri/<folder> -> <folder> in .typecheck/
+typecheck: install
+	rm -rf .typecheck/s2agri && mkdir -p .typecheck/s2agri
+	for folder in tasks models workflows aoi; do ln -s ../../$$folder .typecheck/s2agri/$$folder; done
+	cd .typecheck && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p s2agri
 
 format: install
 	$(VENV)/bin/ruff check --fix .
@@ -42,7 +49,7 @@ format: install
 
 # Build outputs and caches; the virtual environment stays (see distclean).
 clean:
-	rm -rf demo-out build dist .eggs *.egg-info .pytest_cache .ruff_cache benchmarks/out benchmarks/scratch bench-out
+	rm -rf demo-out build dist .eggs *.egg-info .pytest_cache .ruff_cache .typecheck benchmarks/out benchmarks/scratch bench-out
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -57,6 +57,7 @@ setup(
             "pytest>=7",
             "pytest-timeout>=2",
             "ruff>=0.4",
+            "mypy>=1.10",
             "torch-geometric>=2.4",
             "ray>=2.9",
             "xcube-geodb>=1.0",

@@ -15,6 +15,7 @@ import geopandas as gpd
 import shapely
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
+from sentinelhub import CRS as SH_CRS
 from sentinelhub import BBox
 
 from s2agri.tasks.contract import INPUT_RESOLUTION_M, is_utm_epsg
@@ -151,4 +152,4 @@ def box_from_arguments(bbox: str, crs: str | int, *, resolution: float = INPUT_R
         raise S2AgriInputError(
             f"--bbox is {width_px} x {height_px} px at {resolution:g} m: give a box of at least 4 pixels a side"
         )
-    return BBox(snapped, crs=f"EPSG:{target}")
+    return BBox(snapped, crs=SH_CRS(target))

@@ -32,6 +32,7 @@ import pyogrio
 import shapely
 from pyproj import CRS
 from pyproj.exceptions import CRSError
+from sentinelhub import CRS as SH_CRS
 from sentinelhub import BBox
 
 from s2agri.aoi import DEFAULT_MAX_BOXES, DEFAULT_SIZE_M
@@ -426,7 +427,7 @@ def box_bbox(row: Any, *, buffered: bool = False) -> BBox:
         coords = tuple(shapely.bounds(get("geometry")).tolist())
     else:
         coords = tuple(float(get(key)) for key in ("min_x", "min_y", "max_x", "max_y"))
-    return BBox(coords, crs=f"EPSG:{int(get('epsg'))}")
+    return BBox(coords, crs=SH_CRS(int(get("epsg"))))
 
 
 def grid_format(path: str | os.PathLike[str]) -> tuple[str, bool]:

@@ -88,7 +88,7 @@ def read_box_shape(box: Path | str) -> tuple[int, int, int, int]:
     shape = read_feature_shape(box, contract.BANDS)
     if len(shape) != 4:
         raise ValueError(f"{box}: {feature_name(contract.BANDS)} has shape {shape}, expected (T, H, W, C)")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def _valid_inputs(task: ValidMaskTask) -> list[Feature]:

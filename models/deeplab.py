@@ -95,7 +95,8 @@ def _conv_bn(
     in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1
 ) -> nn.Sequential:
     """Conv (no bias) + batch norm, no activation: the last layer of a residual branch."""
-    return nn.Sequential(*conv_bn_relu(in_channels, out_channels, kernel_size, stride, dilation)[:2])
+    conv, norm, _ = conv_bn_relu(in_channels, out_channels, kernel_size, stride, dilation)
+    return nn.Sequential(conv, norm)
 
 
 class BasicBlock(nn.Module):

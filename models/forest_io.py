@@ -28,7 +28,7 @@ def save_forest(estimator: RandomForestClassifier, file: Any) -> None:
     """Write a fitted single-output ``estimator`` to ``file`` (a path or binary file) as ``.npz``."""
     if estimator.n_outputs_ != 1:
         raise ValueError("only single-output forests can be saved")
-    arrays: dict[str, np.ndarray] = {
+    arrays: dict[str, Any] = {
         "format": np.array(FORMAT),
         "params": np.array(json.dumps(estimator.get_params())),
         "classes": np.asarray(estimator.classes_),

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -191,7 +191,7 @@ def _apply_axis_transposed(g: Tensor, scale: int, dim: int) -> Tensor:
     """K^T g along ``dim``: the gradient of :func:`_apply_axis` (scale n positions back to n)."""
     n = g.shape[dim] // scale
     phases = g.unflatten(dim, (n, scale))
-    out = None
+    out: Tensor | None = None
     for p, taps in enumerate(_axis_taps(n, scale, g.device, g.dtype)):
         g_p = phases.select(dim, p)
         for d, w in taps:
@@ -200,6 +200,8 @@ def _apply_axis_transposed(g: Tensor, scale: int, dim: int) -> Tensor:
                 out = torch.mul(g_p, _weight(w, 0, n, dim))
             else:
                 out.narrow(dim, lo + d, size).addcmul_(g_p.narrow(dim, lo, size), _weight(w, lo, size, dim))
+    if out is None:
+        raise ValueError(f"an axis of {n} px has no taps")
     return out
 
 
@@ -351,7 +353,7 @@ class GCNN(_GCNNBase):
     def _forward(self, x: Tensor) -> Tensor:
         # gcn(features(x)), the first X W applied at 10 m (it commutes with the bicubic upsampling),
         # which is fused with the first aggregation.
-        first, *rest = self.convs
+        first, *rest = cast(list[GridGCNConv], list(self.convs))
         h = torch.relu_(first.propagate(first.transform(self.pool(x)), self.scale))
         for conv in rest:
             h = torch.relu_(conv(h))

@@ -43,6 +43,7 @@ import math
 import sys
 from collections.abc import Iterator
 from itertools import product
+from typing import cast
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def _batches(
         if isinstance(x, np.ndarray):
             batch = torch.from_numpy(np.stack(windows).astype(np.float32, copy=False))
         else:
-            batch = torch.stack(windows).to(torch.float32)
+            batch = torch.stack(cast(list[torch.Tensor], windows)).to(torch.float32)
         yield batch, group
 
 

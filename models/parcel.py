@@ -51,7 +51,7 @@ same parameter count.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -272,7 +272,8 @@ class SinusoidalPositions(nn.Module):
 
     def forward(self, positions: Tensor) -> Tensor:
         """(B, T) positions -> (B, T, d_model): sin at even, cos at odd channels."""
-        angles = positions.to(torch.float32).unsqueeze(-1) * self.frequencies
+        frequencies = cast(Tensor, self.frequencies)
+        angles = positions.to(torch.float32).unsqueeze(-1) * frequencies
         encoding = torch.zeros(*positions.shape, self.d_model, device=positions.device)
         encoding[..., 0::2] = torch.sin(angles)
         encoding[..., 1::2] = torch.cos(angles[..., : self.d_model // 2])

@@ -45,7 +45,7 @@ conv one more 10 m px, its 2.5 m 3x3 conv one 2.5 m px, so ``receptive_halo_2p5m
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +90,7 @@ class _ConvCell(nn.Module):
         weight = nn.init.orthogonal_(torch.empty(h, C + h, k, k))
         self.input_conv.weight[rows] = weight[:, :C]
         self.hidden_conv.weight[rows] = weight[:, C:]
-        self.input_conv.bias[rows] = bias
+        cast(Tensor, self.input_conv.bias)[rows] = bias
 
     def step(self, x_part: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """One time step from the input convolution ``x_part`` of x_t and the previous state."""
@@ -138,7 +138,7 @@ class ConvSTARCell(_ConvCell):
         self._orthogonal_gate(0, 1.0)  # the reference: orthogonal gate over [x, h], bias 1
         with torch.no_grad():  # orthogonal update, bias 0
             nn.init.orthogonal_(self.input_conv.weight[hidden:])
-            self.input_conv.bias[hidden:] = 0.0
+            cast(Tensor, self.input_conv.bias)[hidden:] = 0.0
 
     def step(self, x_part: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         (h,) = state
@@ -166,7 +166,7 @@ class PixelShuffleHead(nn.Sequential):
     def __init__(self, in_channels: int, width: int, scale: int) -> None:
         sub_pixel = nn.Conv2d(in_channels, width * scale**2, 3, padding=1)
         icnr_(sub_pixel.weight, scale)
-        nn.init.zeros_(sub_pixel.bias)
+        nn.init.zeros_(cast(Tensor, sub_pixel.bias))
         super().__init__(
             sub_pixel,
             nn.PixelShuffle(scale),

@@ -250,7 +250,7 @@ class SampleSet:
         """``[n_not_cultivated, n_cultivated]``."""
         return np.bincount(self.y, minlength=2)[:2]
 
-    def subset(self, index: np.ndarray) -> SampleSet:
+    def subset(self, index: np.ndarray | slice) -> SampleSet:
         """The samples at ``index`` (integer or boolean)."""
         arrays = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "feature_names"}
         return SampleSet(**arrays, feature_names=self.feature_names)
@@ -498,7 +498,10 @@ class SampleAccumulator:
         self.feature_names: tuple[str, ...] | None = None
         if strategy == "balanced":
             positives = self.max_samples // 2
-            self.reservoirs = {0: _Reservoir(self.max_samples - positives), 1: _Reservoir(positives)}
+            self.reservoirs: dict[int | None, _Reservoir] = {
+                0: _Reservoir(self.max_samples - positives),
+                1: _Reservoir(positives),
+            }
         else:
             self.reservoirs = {None: _Reservoir(self.max_samples)}
 

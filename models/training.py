@@ -336,7 +336,7 @@ class Trainer:
             raise ValueError(f"device {config.device!r} requested but CUDA is not available")
         self.config = config
         self.model_name = name
-        self.model_kwargs: dict[str, Any] = model_kwargs
+        self.model_kwargs: dict[str, Any] = dict(model_kwargs)
         self.model = model.to(self.device)
         self.out_dir = Path(out_dir)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)

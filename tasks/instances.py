@@ -169,7 +169,7 @@ class InstanceSegmentationTask(EOTask):
         mask = feature_array(eopatch, self.mask_feature)
         if mask.ndim != 3 or mask.shape[-1] != 1:
             raise ValueError(f"{self.mask_feature[1]} has shape {mask.shape}: expected (H, W, 1)")
-        method = self.method
+        method: str = self.method
         if method == "components":
             instances = component_instances(mask[..., 0])
         elif self.boundary_feature in eopatch and self.distance_feature in eopatch:

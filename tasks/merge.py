@@ -465,8 +465,8 @@ def _edge_contacts(
                 sides.append(side)
             facing = (sides[0] >= 0) & (sides[1] >= 0)
             pairs.append(np.stack([sides[0][facing], sides[1][facing]], axis=1))
-    pairs = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), dtype=np.int64)
-    return pairs[:, 0], pairs[:, 1]
+    joined = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), dtype=np.int64)
+    return joined[:, 0], joined[:, 1]
 
 
 def _without_collinear(rings: np.ndarray) -> np.ndarray:

@@ -309,7 +309,7 @@ class MonthlyMedianTask(EOTask):
             np.asarray(eopatch[self.input_feature]),
             np.asarray(eopatch[self.valid_feature]),
             timestamps,
-            months,
+            [int(month) for month in months],
             edges=self.edges,
         )
         eopatch[self.output_feature] = pack_monthly(medians)

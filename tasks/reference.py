@@ -195,6 +195,8 @@ class RasteriseReferenceTask(EOTask):
             return parcels
         parcels = _with_class_column(parcels, self.label_column)
 
+        if eopatch.bbox is None:
+            raise ValueError("the EOPatch has no bbox: the parcels cannot be placed on it")
         box_crs = eopatch.bbox.crs.pyproj_crs()
         if parcels.crs != box_crs:
             LOGGER.info("parcels are in %s, the box in %s: reprojecting the parcels", parcels.crs, box_crs)

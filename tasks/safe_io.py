@@ -36,7 +36,7 @@ def npy_dtype(path: str | os.PathLike[str]) -> np.dtype:
     """The dtype in the header of a ``.npy`` or ``.npy.gz`` file, read without loading the array."""
     path = Path(path)
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as handle:  # type: ignore[operator]
+    with opener(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
             _, _, dtype = np.lib.format.read_array_header_1_0(handle)

@@ -246,7 +246,7 @@ class SeasonalFeaturesTask(EOTask):
             output_feature, allowed_feature_types=[FeatureType.DATA_TIMELESS]
         )
         window_of_frames(["2019-03-01"], n_windows, *season)  # checks the options early
-        self.options = {
+        self.options: dict[str, Any] = {
             "n_windows": int(n_windows),
             "season": tuple(season),
             "indices": tuple(indices),

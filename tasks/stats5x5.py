@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import numba
 import numpy as np
@@ -549,7 +549,8 @@ def neighbourhood_statistics(
     if height == 0 or width == 0 or n_bands == 0:
         return out
     if mode == "per_frame":
-        _per_frame_kernel(values, valid, h, *_per_frame_tables(int(window)), out)
+        kernel: Any = _per_frame_kernel  # a numba dispatcher: its signature is the jitted function's
+        kernel(values, valid, h, *_per_frame_tables(int(window)), out)
         return out
 
     # pooled: sorted per-pixel series for a block of rows plus its halo, bounded to POOLED_BLOCK_BYTES

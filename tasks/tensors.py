@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from eolearn.core import EOPatch, EOTask, FeatureType
@@ -110,7 +110,9 @@ class FrameSelectionTask(SimpleFilterTask):
 
     def execute(self, eopatch: EOPatch) -> EOPatch:
         if self.feature not in eopatch:
-            raise ValueError(f"the EOPatch has no {_name(self.feature)}: run ValidMaskTask first")
+            raise ValueError(
+                f"the EOPatch has no {_name(cast(Feature, self.feature))}: run ValidMaskTask first"
+            )
         return super().execute(eopatch)
 
 
@@ -246,8 +248,8 @@ class PercentileNormaliser:
             "percentiles from %d of %d valid observations: low %s, high %s",
             len(store),
             self.n_seen,
-            np.round(self.low, 4).tolist(),
-            np.round(self.high, 4).tolist(),
+            np.round(low, 4).tolist(),
+            np.round(high, 4).tolist(),
         )
         return self
 

@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -89,7 +91,7 @@ def geoparquet_table(frame: gpd.GeoDataFrame) -> pa.Table:
     return table.replace_schema_metadata(metadata)
 
 
-def _type_names(geometry: object) -> list[str]:
+def _type_names(geometry: Iterable[Any]) -> list[str]:
     return sorted({geom.geom_type for geom in geometry if geom is not None and not geom.is_empty})
 
 

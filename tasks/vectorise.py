@@ -167,6 +167,8 @@ class VectoriseTask(EOTask):
     def execute(self, eopatch: EOPatch) -> EOPatch:
         mask, proba = self._arrays(eopatch)
         transform, _ = target_grid(eopatch, mask.shape)
+        if eopatch.bbox is None:
+            raise ValueError("the EOPatch has no bbox: parcels need its CRS and position")
         crs = eopatch.bbox.crs.pyproj_crs()
         box, model = box_name(eopatch, self.box_id), self._model_name(eopatch)
         if self.instances_feature is not None and self.instances_feature in eopatch:
@@ -197,16 +199,17 @@ class VectoriseTask(EOTask):
 
         labels = np.where(kept[labels], labels, 0).astype(np.int32)
         traced = rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=transform)
-        ids, geometries = [], []
+        id_list: list[int] = []
+        polygons: list[shapely.Polygon] = []
         for geojson, value in traced:
-            ids.append(int(value))
+            id_list.append(int(value))
             shell, *holes = (np.asarray(ring, dtype=np.float64) for ring in geojson["coordinates"])
-            geometries.append(shapely.Polygon(shell, holes))
-        geometries = np.asarray(geometries, dtype=object)
+            polygons.append(shapely.Polygon(shell, holes))
+        geometries = np.asarray(polygons, dtype=object)
         field_ids = parcel_ids(geometries)  # of the pixel polygons, before simplification
         if self.simplify_tolerance_m:
             geometries = shapely.coverage_simplify(geometries, self.simplify_tolerance_m)
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(id_list, dtype=np.int64)
         invalid = np.flatnonzero(~shapely.is_valid(geometries))
         if invalid.size:
             LOGGER.debug("repairing %d invalid polygons with make_valid", invalid.size)

@@ -151,7 +151,7 @@ def reference_weight_map(cultivated: np.ndarray, not_declared: np.ndarray | None
     footprint = disk(RING_RADIUS)
     for parcel_label in range(1, labelled.max() + 1):
         parcel = labelled == parcel_label
-        w = parcel_weight(np.count_nonzero(parcel))[()]
+        w = parcel_weight(int(np.count_nonzero(parcel)))[()]
         weights[parcel] = w
         ring = dilation(parcel, footprint) & ~parcel
         contours[ring] += 2 * w

@@ -119,7 +119,7 @@ def rasterise_values(
 ) -> np.ndarray:
     """``values[i]`` burnt where geometry ``i`` covers a pixel centre (all_touched=False), ``fill`` elsewhere."""
     height, width = int(shape[0]), int(shape[1])
-    out = np.full((height, width), fill, dtype=dtype)
+    out: np.ndarray = np.full((height, width), fill, dtype=dtype)
     usable = ~(geometries.isna().to_numpy() | geometries.is_empty.to_numpy())
     if not usable.any() or height == 0 or width == 0:
         return out
@@ -289,9 +289,9 @@ def parcel_stats_table(
         }
     )
     t = np.arange(n_frames)
-    count_names = [count_column(i) for i in t]
-    mean_names = [stat_column("mean", band, i) for i in t for band in bands]
-    std_names = [stat_column("std", band, i) for i in t for band in bands]
+    count_names = [count_column(int(i)) for i in t]
+    mean_names = [stat_column("mean", band, int(i)) for i in t for band in bands]
+    std_names = [stat_column("std", band, int(i)) for i in t for band in bands]
     block = np.concatenate(
         [
             counts[keep].astype(np.float64),

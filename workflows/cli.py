@@ -455,7 +455,7 @@ class _StderrHandler(logging.StreamHandler):
     """A stream handler writing to whatever ``sys.stderr`` is at emit time (not at creation)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 
@@ -17,6 +18,8 @@ import numpy as np
 import shapely
 from eolearn.core import EOPatch, FeatureType
 from matplotlib import patheffects
+from matplotlib.artist import Artist
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
@@ -45,7 +48,7 @@ _TABLE_NAMES = {"object_precision": "obj_prec", "object_recall": "obj_recall", "
 
 def load_for_scoring(folder: Path) -> EOPatch:
     """Load only what scoring needs; a clear error names a missing feature."""
-    features = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED, FeatureType.META_INFO]
+    features: list[Any] = [contract.CULTIVATED, contract.NOT_DECLARED, PRED_CULTIVATED, FeatureType.META_INFO]
     if PARCELS_PRED in scan_eopatch(folder).features:
         features.append(PARCELS_PRED)
     try:
@@ -182,10 +185,11 @@ def peak_season_rgb(patch: EOPatch) -> tuple[np.ndarray, str]:
 
     b = contract.BAND_INDEX
     clear = patch[contract.IS_DATA][..., 0] & (patch[contract.CLM][..., 0] == 0)
-    frames = np.flatnonzero(window_of_frames(patch.timestamps, 1, *PEAK_SEASON) == 0)
+    timestamps = patch.get_timestamps()
+    frames = np.flatnonzero(window_of_frames(timestamps, 1, *PEAK_SEASON) == 0)
     caption = f"RGB median {PEAK_SEASON[0]}..{PEAK_SEASON[1]}"
     if frames.size == 0 or not clear[frames].any():
-        frames, caption = np.arange(len(patch.timestamps)), "RGB median of the season"
+        frames, caption = np.arange(len(timestamps)), "RGB median of the season"
     bands = patch[contract.BANDS][frames][..., [b["B04"], b["B03"], b["B02"]]].astype(np.float32)
     rgb, _ = masked_median(bands * np.float32(contract.NORM_FACTOR), clear[frames])
     return np.nan_to_num(rgb, nan=0.0), f"{caption} ({frames.size} frames, 10 m)"
@@ -242,12 +246,12 @@ def quicklook(folder: Path, path: Path) -> None:
     for ax, scale in zip(axes, (contract.SCALE, 1, 1), strict=True):
         ax.set_axis_off()
         _scale_bar(ax, truth.shape[1] // scale, pixel_m * scale)
-    legend = [
+    legend: list[Artist] = [
         Patch(facecolor=colour, edgecolor="black", label=name) for name, colour in QUICKLOOK_COLOURS.items()
     ]
     legend.append(Line2D([0], [0], color="black", linewidth=1.5, label="predicted parcel outline"))
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=12, frameon=False)
-    fig.get_layout_engine().set(rect=(0, 0.07, 1, 0.93))
+    cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.07, 1, 0.93))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

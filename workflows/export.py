@@ -12,7 +12,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
-from eolearn.core import EOPatch, FeatureType
+from eolearn.core import EOPatch, EOTask, FeatureType
 
 from s2agri.tasks.export import ProbabilityCogTask, SubmissionTiffTask
 from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
@@ -31,7 +31,7 @@ def merged_parcels(boxes: Sequence[Path]) -> gpd.GeoDataFrame:
 
 def export_rasters(boxes: Sequence[Path], submission: Path | None, proba: Path | None) -> None:
     """Submission GeoTIFFs and/or probability COGs of ``boxes`` (named after the box folders)."""
-    tasks = []
+    tasks: list[EOTask] = []
     if submission is not None:
         submission.mkdir(parents=True, exist_ok=True)
         tasks.append(SubmissionTiffTask(submission))

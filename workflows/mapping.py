@@ -31,7 +31,7 @@ import shutil
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from eolearn.core import (
@@ -311,8 +311,8 @@ def deep_prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[
     """Prediction node of a torch segmenter (tiled 2.5 m inference)."""
     return [
         DeepModelPredictTask(
-            trained.model,
-            trained.normaliser,
+            cast(Any, trained.model),
+            cast(Any, trained.normaliser),
             trained.n_frames,
             config.predict.cutoff,
             model_name=trained.name,

@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import shapely
 from eolearn.core import EOPatch, EOWorkflow, FeatureType, SaveTask, linearly_connect_tasks
@@ -274,7 +274,7 @@ def merge_stage(
     folders = [folder for folder in folders if folder.is_dir()]
     frames, boxes = [], []
     for folder in folders:
-        features = [PRED_CULTIVATED, PRED_PROBA, FeatureType.META_INFO]
+        features: list[Any] = [PRED_CULTIVATED, PRED_PROBA, FeatureType.META_INFO]
         if PRED_INSTANCES in scan_eopatch(folder).features:
             features.append(PRED_INSTANCES)
         patch = EOPatch.load(str(folder), features=features)

@@ -410,7 +410,8 @@ def execute(
     for name, result in zip(names, results, strict=True):
         summary.seconds[name] = round((result.end_time - result.start_time).total_seconds(), 3)
         if result.workflow_failed():
-            info = result.stats[result.error_node_uid].exception_info
+            stats = result.stats.get(result.error_node_uid or "")
+            info = stats.exception_info if stats is not None else None
             summary.failures[name] = _reason(info.exception) if info is not None else "unknown error"
     if report:
         try:

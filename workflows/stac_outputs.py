@@ -90,21 +90,24 @@ def write_run_collection(
     returns its path (None when there is no item)."""
     if not items:
         return None
-    boxes = [item.bbox for item in items]
+    boxes = [item.bbox for item in items if item.bbox is not None]
     bbox = [
         min(b[0] for b in boxes),
         min(b[1] for b in boxes),
         max(b[2] for b in boxes),
         max(b[3] for b in boxes),
     ]
-    starts = [item.common_metadata.start_datetime or item.datetime for item in items]
-    ends = [item.common_metadata.end_datetime or item.datetime for item in items]
+    starts = [t for item in items if (t := item.common_metadata.start_datetime or item.datetime) is not None]
+    ends = [t for item in items if (t := item.common_metadata.end_datetime or item.datetime) is not None]
     collection = pystac.Collection(
         id=f"s2agri-{published_name(run)}",
         title=title,
         description=description,
         license="other",
-        extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[min(starts), max(ends)]])),
+        extent=pystac.Extent(
+            pystac.SpatialExtent([bbox]),
+            pystac.TemporalExtent([[min(starts, default=None), max(ends, default=None)]]),
+        ),
     )
     for key, (path, media_type, asset_title) in shared.items():
         if path.exists():

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 from dateutil.parser import isoparse
@@ -98,8 +98,12 @@ def split_extensions(name: str) -> tuple[str, str]:
 @contextmanager
 def _open_maybe_gzip(path: Path) -> Iterator[IO[bytes]]:
     """Open a file for binary reading, through gzip when its name ends with ``.gz``."""
-    with gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb") as stream:
-        yield stream
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as compressed:
+            yield cast(IO[bytes], compressed)
+    else:
+        with path.open("rb") as stream:
+            yield stream
 
 
 def read_npy_header(path: Path) -> ArrayHeader:

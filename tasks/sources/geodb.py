@@ -337,7 +337,7 @@ class GeoDBParcelsTask(EOTask):
     ):
         self.collection = check_geodb_name(collection, "collection")
         self.database = None if database is None else check_geodb_name(database, "database")
-        self.settings = {
+        self.settings: dict[str, Any] = {
             "server_url": server_url,
             "server_port": server_port,
             "client_id": client_id,

@@ -35,10 +35,11 @@ def bounds_in_crs(bbox: BBox, crs: object) -> tuple[float, float, float, float]:
     box_crs = bbox.crs.pyproj_crs()
     target = pyproj.CRS.from_user_input(crs)
     bounds = (bbox.min_x, bbox.min_y, bbox.max_x, bbox.max_y)
-    if target == box_crs:
-        return tuple(float(value) for value in bounds)
-    transformer = pyproj.Transformer.from_crs(box_crs, target, always_xy=True)
-    return tuple(float(value) for value in transformer.transform_bounds(*bounds, densify_pts=21))
+    if target != box_crs:
+        transformer = pyproj.Transformer.from_crs(box_crs, target, always_xy=True)
+        bounds = transformer.transform_bounds(*bounds, densify_pts=21)
+    min_x, min_y, max_x, max_y = (float(value) for value in bounds)
+    return min_x, min_y, max_x, max_y
 
 
 def empty_reference(crs: object) -> gpd.GeoDataFrame:

@@ -106,11 +106,12 @@ def read_parcels_postgis(
                 check_postgis(cur, where)
                 described = describe_table(cur, schema, table)
                 column, table_srid = _reading_column(cur, described, schema, table, geometry_column, where)
+                columns = described.columns if described is not None else ()  # None raised above
                 for option, name in (("id_column", id_column), ("label_column", label_column)):
-                    if name not in described.columns:
+                    if name not in columns:
                         raise S2AgriInputError(
                             f"PostGIS table {schema}.{table} has no column '{name}' (columns: "
-                            f"{', '.join(described.columns)}): pass {option}=..."
+                            f"{', '.join(columns)}): pass {option}=..."
                         )
                 if table_srid is None:  # no geometry at all
                     rows: list[tuple[Any, ...]] = []

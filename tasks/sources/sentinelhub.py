@@ -64,7 +64,7 @@ ENV_BASE_URL, ENV_TOKEN_URL = "SH_BASE_URL", "SH_TOKEN_URL"
 DEFAULT_MAXCC = 0.5
 DEFAULT_TIME_DIFFERENCE = dt.timedelta(minutes=120)
 #: ``additional_data`` of the challenge fetch: Sentinel Hub band -> contract feature.
-ADDITIONAL_DATA = (
+ADDITIONAL_DATA: tuple[Any, ...] = (
     (FeatureType.MASK, "dataMask", contract.IS_DATA[1]),
     (FeatureType.MASK, "SCL", contract.SCL[1]),
     (FeatureType.MASK, "CLM", contract.CLM[1]),
@@ -296,12 +296,12 @@ class L2AInputTask(EOTask):
             if spec.feature != contract.NORM_FACTORS:
                 fetched[spec.feature] = fetched[spec.feature].astype(spec.dtype, copy=False)
         fetched[contract.NORM_FACTORS] = np.full(
-            (len(fetched.timestamps), 1), contract.NORM_FACTOR, np.float32
+            (len(fetched.get_timestamps()), 1), contract.NORM_FACTOR, np.float32
         )
         fetched.meta_info["source"] = SOURCE
         fetched.meta_info["time_interval"] = [when.isoformat() for when in interval]
         fetched.meta_info["maxcc"] = self.maxcc
-        LOGGER.info("fetched %d acquisitions of %r from Sentinel Hub", len(fetched.timestamps), bbox)
+        LOGGER.info("fetched %d acquisitions of %r from Sentinel Hub", len(fetched.get_timestamps()), bbox)
         if eopatch is None:
             return fetched
         eopatch.timestamps = fetched.timestamps
@@ -330,6 +330,8 @@ class _L2ARequestTask(SentinelHubInputTask):
 def _interval(time_interval: RawTimeIntervalType) -> tuple[dt.datetime, dt.datetime]:
     try:
         start, end = parse_time_interval(time_interval)
+        if start is None or end is None:
+            raise ValueError("an open interval")
     except (ValueError, TypeError) as exc:
         raise S2AgriInputError(
             f"time interval {time_interval!r} ({_one_line(exc)}): give (START, END) as ISO dates, e.g. "

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pystac
@@ -369,13 +369,15 @@ class StacInputTask(EOTask):
 
     def _walk_static(self, root: pystac.Catalog) -> list[pystac.Item]:
         try:
+            found: pystac.Catalog
             if isinstance(root, pystac.Collection) and root.id == self.collection:
-                found: pystac.Catalog | None = root
+                found = root
             else:
                 collections = list(root.get_all_collections())
-                found = next((c for c in collections if c.id == self.collection), None)
-                if found is None:
+                match = next((c for c in collections if c.id == self.collection), None)
+                if match is None:
                     raise self._unknown_collection([c.id for c in collections])
+                found = match
             return list(found.get_items(recursive=True))
         except S2AgriSourceError:
             raise
@@ -384,9 +386,11 @@ class StacInputTask(EOTask):
 
     def search(self, bbox: BBox, start: dt.datetime, end: dt.datetime) -> list[pystac.Item]:
         """Items over ``bbox`` in [start, end] (naive UTC) under ``maxcc``; raises when there is none."""
-        root = self._read_root()
+        root = cast(pystac.Catalog, self._read_root())
         to_wgs84 = Transformer.from_crs(bbox.crs.pyproj_crs(), 4326, always_xy=True)
-        search_bbox = list(to_wgs84.transform_bounds(*bbox, densify_pts=21))
+        search_bbox = list(
+            to_wgs84.transform_bounds(bbox.min_x, bbox.min_y, bbox.max_x, bbox.max_y, densify_pts=21)
+        )
         conforms = root.extra_fields.get("conformsTo") or []
         if any(ConformanceClasses.ITEM_SEARCH.pattern.fullmatch(str(uri)) for uri in conforms):
             candidates = self._search_api(search_bbox, start, end)
@@ -405,7 +409,11 @@ class StacInputTask(EOTask):
                 cover is not None and cover > self.maxcc * 100.0 + 1e-9
             ):
                 continue
-            shape = shapely.geometry.shape(item.geometry) if item.geometry else shapely.box(*item.bbox)
+            shape = (
+                shapely.geometry.shape(item.geometry)
+                if item.geometry
+                else shapely.box(*cast(list[float], item.bbox))
+            )
             footprint = shapely.transform(
                 shapely.segmentize(shape, 0.01), from_wgs84.transform, interleaved=False
             )
@@ -499,6 +507,8 @@ class StacInputTask(EOTask):
         interval = time_interval if time_interval is not None else self.time_interval
         try:
             start, end = parse_time_interval(interval)
+            if start is None or end is None:
+                raise ValueError("an open interval")
         except (ValueError, TypeError) as exc:
             raise S2AgriInputError(
                 f"time_interval={interval!r} is not a time interval ({first_line(exc)}): give (start, end), "

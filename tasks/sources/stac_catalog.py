@@ -101,12 +101,12 @@ class _Tile:
         g = TILE_GRID_M
         chosen = [bboxes[i] for i in boxes]
         bounds = (
-            math.floor(min(b.min_x for b in chosen) / g) * g,
-            math.floor(min(b.min_y for b in chosen) / g) * g,
-            math.ceil(max(b.max_x for b in chosen) / g) * g,
-            math.ceil(max(b.max_y for b in chosen) / g) * g,
+            float(math.floor(min(b.min_x for b in chosen) / g) * g),
+            float(math.floor(min(b.min_y for b in chosen) / g) * g),
+            float(math.ceil(max(b.max_x for b in chosen) / g) * g),
+            float(math.ceil(max(b.max_y for b in chosen) / g) * g),
         )
-        return cls(name, tuple(boxes), tuple(float(c) for c in bounds))
+        return cls(name, tuple(boxes), bounds)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -133,7 +133,7 @@ def native(image: np.ndarray, has_data: np.ndarray, factor: int) -> tuple[np.nda
 
     values, mask = blocks(image), blocks(has_data)
     first = mask.argmax(axis=-1)[..., None]
-    return np.take_along_axis(values, first, axis=-1)[..., 0], mask.any(axis=-1)
+    return np.take_along_axis(values, first, axis=-1)[..., 0], np.asarray(mask.any(axis=-1))
 
 
 class _Canvas:
@@ -304,8 +304,8 @@ def _acquisitions(
 
 
 def _collection(collection: str, items: Sequence[pystac.Item]) -> pystac.Collection:
-    times = [item.datetime for item in items]
-    bounds = shapely.union_all([shapely.box(*item.bbox) for item in items]).bounds
+    times = [item.datetime for item in items if item.datetime is not None]
+    bounds = shapely.union_all([shapely.box(*item.bbox) for item in items if item.bbox is not None]).bounds
     extent = pystac.Extent(
         pystac.SpatialExtent([list(bounds)]), pystac.TemporalExtent([[min(times), max(times)]])
     )

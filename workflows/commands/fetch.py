@@ -33,9 +33,13 @@ def _source_from_args(args: argparse.Namespace) -> SimulatorSource | SentinelHub
             values["time_interval"] = interval
     if args.source == "stac":
         values |= {"catalog": args.catalog, "collection": args.collection}
-    model = {"simulator": SimulatorSource, "sentinelhub": SentinelHubSource, "stac": StacSource}[args.source]
+    models: dict[str, type[SimulatorSource] | type[SentinelHubSource] | type[StacSource]] = {
+        "simulator": SimulatorSource,
+        "sentinelhub": SentinelHubSource,
+        "stac": StacSource,
+    }
     try:
-        return model.model_validate(values)
+        return models[args.source].model_validate(values)
     except ValidationError as exc:
         raise S2AgriInputError(
             f"invalid --source {args.source} options: {validation_problems(exc, 'source')}"
@@ -70,7 +74,7 @@ def fetch_command(args: argparse.Namespace) -> int:
     reference = contract.REFERENCE in eopatch
     n_parcels = len(eopatch[contract.REFERENCE]) if reference else 0
     print(
-        f"wrote {out}: {len(eopatch.timestamps)} acquisitions of {width} x {height} px at {resolution:g} m "
+        f"wrote {out}: {len(eopatch.get_timestamps())} acquisitions of {width} x {height} px at {resolution:g} m "
         f"in EPSG:{bbox.crs.epsg} from {source.kind}"
         + (f", {n_parcels} parcels with reference masks" if reference else ", no parcels")
     )

@@ -51,8 +51,8 @@ def _block_seeds(seed: int, bounds: tuple[float, float, float, float]) -> tuple[
     minx, miny, maxx, maxy = bounds
     cx = np.arange(np.floor(minx / BLOCK_CELL_M), np.floor(maxx / BLOCK_CELL_M) + 1, dtype=np.int64)
     cy = np.arange(np.floor(miny / BLOCK_CELL_M), np.floor(maxy / BLOCK_CELL_M) + 1, dtype=np.int64)
-    gx, gy = np.meshgrid(cx, cy)
-    gx, gy = gx.ravel(), gy.ravel()
+    grid_x, grid_y = np.meshgrid(cx, cy)
+    gx, gy = grid_x.ravel(), grid_y.ravel()
     stream = stream_id("blocks")
     xs, ys, ids = [], [], []
     n_points = 1 + (hash_uniform(seed, stream, gx, gy, 0) < 0.6)

@@ -23,7 +23,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
 def hash_uint64(*keys: np.ndarray | int) -> np.ndarray:
     """A well-mixed uint64 hash of integer keys (broadcast together)."""
     with np.errstate(over="ignore"):
-        h = np.uint64(0x243F6A8885A308D3)
+        h: np.ndarray = np.asarray(np.uint64(0x243F6A8885A308D3))
         for key in keys:
             k = np.asarray(key, dtype=np.int64).astype(np.uint64)
             h = _mix(h ^ (k + _GOLDEN + (h << np.uint64(6)) + (h >> np.uint64(2))))

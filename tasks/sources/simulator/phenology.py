@@ -94,7 +94,7 @@ def _sig(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
-def _after(d: np.ndarray, when: np.ndarray, width: float) -> np.ndarray:
+def _after(d: np.ndarray, when: np.ndarray | float, width: float) -> np.ndarray:
     return _sig((d - when) / width)
 
 

@@ -13,7 +13,7 @@ from eolearn.core import EOPatch
 from rasterio.transform import from_origin
 from scipy import ndimage
 from scipy.special import ndtri
-from sentinelhub import BBox
+from sentinelhub import CRS, BBox
 
 from ... import contract
 from .landscape import LandUse, blocks_for, generate_landscape
@@ -256,7 +256,9 @@ class BoxSimulator:
         self.bbox, self.seed = bbox, seed
         self.grid = _Grid(bbox, int(width_m // 10), int(height_m // 10))
         self.dates = acquisition_dates(seed, bbox, frames_min, frames_max)
-        self.polygons = generate_landscape(seed, tuple(bbox), margin=SCENE_MARGIN_M + 10.0)
+        self.polygons = generate_landscape(
+            seed, (bbox.min_x, bbox.min_y, bbox.max_x, bbox.max_y), margin=SCENE_MARGIN_M + 10.0
+        )
         LOGGER.debug("box %s: %d polygons, %d frames", bbox, len(self.polygons), len(self.dates))
         self.objects = _object_map(seed, self.grid, self.polygons)
         archetypes = np.concatenate(
@@ -279,7 +281,7 @@ class BoxSimulator:
     def misregistration(self, t: int) -> tuple[float, float]:
         """Sub-pixel shift (x, y) in metres of acquisition t."""
         shift = MISREGISTRATION_M * (
-            2 * hash_uniform(self.seed, stream_id("misreg"), self._key(t), [0, 1]) - 1
+            2 * hash_uniform(self.seed, stream_id("misreg"), self._key(t), np.arange(2)) - 1
         )
         return float(shift[0]), float(shift[1])
 
@@ -352,7 +354,7 @@ class BoxSimulator:
     def eopatch(self, threads: int = 1) -> EOPatch:
         """All acquisitions as an EOPatch in the challenge layout, parcels as ``vector_timeless/REFERENCE``."""
         t_count, shape = len(self.dates), self.box_shape
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "BANDS": np.zeros((t_count, *shape, len(contract.BAND_NAMES)), dtype=np.uint16),
             "CLP": np.zeros((t_count, *shape, 1), dtype=np.uint8),
             "CLM": np.zeros((t_count, *shape, 1), dtype=np.uint8),
@@ -395,4 +397,4 @@ def box_bbox(
     side = size_px * 10.0
     col, row = index % columns, index // columns
     min_x, min_y = origin[0] + col * side, origin[1] + row * side
-    return BBox((min_x, min_y, min_x + side, min_y + side), crs=f"EPSG:{contract.CHALLENGE_CRS_EPSG}")
+    return BBox((min_x, min_y, min_x + side, min_y + side), crs=CRS(contract.CHALLENGE_CRS_EPSG))
