@@ -22,6 +22,10 @@ object-based setting): their maps take the parcel outlines from the reference, w
 model gets.
 
     python benchmarks/bench_models.py [--models spinet mlp ...] [--reuse-models] [--epochs spinet=2]
+        [--budget-s 600] [--inputs monthly] [--merge]
+
+``--merge`` replaces the rows of the models run in the committed results and keeps the others (each
+row records its own budget and inputs).
 """
 
 from __future__ import annotations
@@ -79,15 +83,25 @@ EPOCH_SECONDS = {
     "convstar": 6.6,
     "unet-delineation": 5.6,  # estimated: unet-tc plus the two extra heads' loss
 }
-EPOCHS = {
-    name: min(40, max(2, int(TRAIN_BUDGET_S // (EPOCH_SCALE * seconds))))
-    for name, seconds in EPOCH_SECONDS.items()
-}
+
+
+def epoch_caps(budget_s: float) -> dict[str, int]:
+    """Deep model -> epoch cap of a ``budget_s`` training budget (2 to 100 epochs)."""
+    return {
+        name: min(100, max(2, int(budget_s // (EPOCH_SCALE * seconds))))
+        for name, seconds in EPOCH_SECONDS.items()
+    }
+
+
+EPOCHS = epoch_caps(TRAIN_BUDGET_S)
 PARCEL_EPOCHS = 60
 
 
-def model_config(name: str, epochs: dict[str, int], threads: int):  # type: ignore[no-untyped-def]
-    """The MappingConfig of ``name``: defaults plus the benchmark's caps and thread counts."""
+def model_config(  # type: ignore[no-untyped-def]
+    name: str, epochs: dict[str, int], threads: int, inputs: str = "frames", patience: int | None = None
+):
+    """The MappingConfig of ``name``: defaults plus the benchmark's caps, thread counts, deep inputs and
+    (``patience``, e.g. the cap itself: no early stop) the early-stopping patience."""
     from s2agri.workflows.config import MappingConfig, load_config
 
     if name == "ndvi-rule":
@@ -96,7 +110,13 @@ def model_config(name: str, epochs: dict[str, int], threads: int):  # type: igno
         return load_config("seed000")
     data: dict = {"train": {"model": name}}
     if name in DEEP_MODELS:  # the CPU recipe (DEEP_RECIPE) with the budget's epoch cap
-        data["deep"] = {"cache_boxes": 6, "trainer": {"max_epochs": epochs[name], "num_threads": threads}}
+        data["deep"] = {
+            "cache_boxes": 6,
+            "inputs": inputs,
+            "trainer": {"max_epochs": epochs[name], "num_threads": threads},
+        }
+        if patience is not None:
+            data["deep"]["trainer"]["patience"] = patience
     if name in PARCEL_MODELS:
         # one torch thread: the parcel models' small ops are much slower with two on this machine
         data["deep"] = {"trainer": {"num_threads": 1}}
@@ -104,14 +124,15 @@ def model_config(name: str, epochs: dict[str, int], threads: int):  # type: igno
     return MappingConfig.model_validate(data)
 
 
-def train(name: str, boxes: list[Path], config, data: Path, reuse: bool) -> dict:  # type: ignore[no-untyped-def]
+def train(name: str, boxes: list[Path], config, data: Path, reuse: bool, folder: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+    """Train (or reuse) model ``name`` into ``data/models/<folder or name>``; returns its card."""
     if name in PIXEL_MODELS or name == SEED000_LIGHTGBM:
         from s2agri.workflows.train import train_model as train_fn
     elif name in DEEP_MODELS:
         from s2agri.workflows.train_deep import train_deep_model as train_fn
     else:
         from s2agri.workflows.train_parcel import train_parcel_model as train_fn
-    return train_or_reuse(name, boxes, config, data / "models" / name, reuse, train_fn)
+    return train_or_reuse(name, boxes, config, data / "models" / (folder or name), reuse, train_fn)
 
 
 def holdout_references(holdout: list[Path]) -> dict[str, np.ndarray]:
@@ -245,8 +266,8 @@ def markdown_table(entries: dict[str, dict], ranking: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_epochs(text: str | None) -> dict[str, int]:
-    caps = dict(EPOCHS)
+def parse_epochs(text: str | None, budget_s: float = TRAIN_BUDGET_S) -> dict[str, int]:
+    caps = epoch_caps(budget_s)
     for part in (text or "").split(","):
         if part.strip():
             name, _, value = part.partition("=")
@@ -263,6 +284,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--epochs", help="override caps, e.g. 'spinet=2,lstm=4'")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the deep models")
+    parser.add_argument(
+        "--budget-s", type=float, default=TRAIN_BUDGET_S, help="training budget of each deep model (s)"
+    )
+    parser.add_argument("--inputs", choices=("frames", "monthly"), default="frames", help="deep.inputs")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' rows of --output")
+    parser.add_argument(
+        "--patience", type=int, help="deep models' early-stopping patience (default: the recipe's 8)"
+    )
+    parser.add_argument("--suffix", default="", help="appended to the row names, e.g. ' (monthly)'")
     parser.add_argument("--reuse-models", action="store_true", help="keep models trained by an earlier run")
     parser.add_argument(
         "--train-dir", type=Path, help="folder of training box folders (instead of simulating)"
@@ -274,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", type=Path, default=TABLE)
     args, machine, calibration = start_run(parser, argv, LOGGER)
     try:
-        epochs = parse_epochs(args.epochs)
+        epochs = parse_epochs(args.epochs, args.budget_s)
     except ValueError as error:
         parser.error(str(error))
     if args.train_dir is not None:  # boxes of several simulator seeds, e.g. made by bench_seasonal.py
@@ -288,15 +318,28 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = holdout_references(holdout)
 
     entries: dict[str, dict] = {}
-    for name in args.models:
-        config = model_config(name, epochs, args.threads)
-        card = None if name == "ndvi-rule" else train(name, train_boxes, config, data, args.reuse_models)
-        model = name if card is None else data / "models" / name
+    for model_name in args.models:
+        name = model_name + args.suffix
+        config = model_config(model_name, epochs, args.threads, args.inputs, args.patience)
+        card = (
+            None
+            if model_name == "ndvi-rule"
+            else train(model_name, train_boxes, config, data, args.reuse_models, name)
+        )
+        model = model_name if card is None else data / "models" / name
         run = data / "runs" / name
         timing, rows = predict_and_score(name, model, config, holdout, run)
         threshold = config.predict.cutoff if card is None else card.get("threshold", config.predict.cutoff)
         extra = diagnostics(run, sizes, threshold)
         entries[name] = entry_of(name, card, timing, rows, extra)
+        if model_name in DEEP_MODELS:
+            entries[name]["budget"] = {
+                "train_budget_s": args.budget_s,
+                "max_epochs": epochs[model_name],
+                "patience": config.deep.trainer.patience,
+                "inputs": config.deep.inputs,
+                "threads": args.threads,
+            }
         partial = data / "partial_entries.json"  # what a killed run leaves: one entry per finished model
         partial.write_text(json.dumps(entries, indent=1, default=str), encoding="utf-8")
         LOGGER.info(
@@ -308,6 +351,9 @@ def main(argv: list[str] | None = None) -> dict:
             extra["parcel_size"]["large"]["mcc"],
         )
 
+    if args.merge and args.output.is_file():
+        earlier = json.loads(args.output.read_text(encoding="utf-8"))["models"]
+        entries = {**{k: v for k, v in earlier.items() if k not in entries}, **entries}
     ranking = sorted(entries, key=lambda n: entries[n]["pooled"]["weighted_mcc"], reverse=True)
     small_total = sum(int(((s > 0) & (s < 400)).sum()) for s in sizes.values())
     large_total = sum(int((s >= 400).sum()) for s in sizes.values())
@@ -323,17 +369,19 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "cap": {
             "deep_max_epochs": {name: epochs[name] for name in DEEP_MODELS},
-            "train_budget_s": TRAIN_BUDGET_S,
+            "train_budget_s": args.budget_s,
             "epoch_seconds_first_run": EPOCH_SECONDS,
             "epoch_scale": EPOCH_SCALE,
             "parcel_max_epochs": PARCEL_EPOCHS,
             "why": (
-                f"one CPU budget per deep model: about {TRAIN_BUDGET_S} s of training on 2 cores (epochs = "
-                "budget / estimated seconds per epoch, 2 to 40; the measured time is train s in the table), "
+                f"one CPU budget per deep model: about {args.budget_s:.0f} s of training on 2 cores (epochs = "
+                "budget / estimated seconds per epoch, 2 to 100; the measured time is train s in the table), "
                 "with the CPU recipe (DEEP_RECIPE): 512 random patches per epoch with the 8 dihedral "
                 "augmentations, AdamW lr 2e-3 with cosine decay after a 1-epoch warm-up, gradient clipping 1, "
-                "class-balanced BCE, best.pt, early stopping (patience 8) and the threshold chosen on the "
-                "validation weighted MCC of 3 of the 12 training boxes. Seeds: 100+ epochs on GPUs."
+                "class-balanced BCE, best.pt, early stopping (patience "
+                f"{'8, the recipe' if args.patience is None else args.patience}) and the threshold chosen on "
+                "the validation weighted MCC of 3 of the 12 training boxes. Rows merged from other runs "
+                "(--merge) carry their own 'budget'. Seeds: 100+ epochs on GPUs."
             ),
         },
         "config": (

@@ -10,6 +10,12 @@ SPInet 0.802) and gives no further detail. This module:
    (B, T, H, W) mask: the mean is then over the valid frames of each pixel, and a pixel without
    any is 0. (A valid observation at or below the low percentile in all 12 bands at once is also
    taken as missing.) ``masked_mean=False`` is the plain mean over T, zeros included. Either mean
+   is invariant to the order of the frames. ``temporal_groups=G > 1`` splits the T frames, in time
+   order, into G consecutive groups of nearly equal size (frame t goes to group ``t * G // T``) and
+   takes the (masked) mean within each group: G * C channels that keep the crop calendar, which a
+   mean over the whole season throws away (on the simulated boxes the plain mean scores below the
+   per-frame LightGBM). The CPU default is G = 4 (seasonal means; with ``deep.inputs: monthly``, G =
+   6 gives one group per month); :data:`PAPER_CONFIG` keeps the seed's plain mean (G = 1). Only G = 1
    is invariant to the order of the frames.
 2. **Bicubic ×``scale``** of the mean image to 2.5 m (:func:`s2agri.models.gcnn.upsample_bicubic`).
 3. **ResNet backbone** (He et al. 2016) written here (no torchvision): a 7x7 stride-2 conv + batch
@@ -34,7 +40,8 @@ the batch norm of the image pooling branch sees one value per channel and item: 
 batches of at least 2.
 
 Parameters (measured, 12 bands): the CPU default (``base_width=16``, basic blocks ``"2,2,2,2"``,
-output stride 8, ASPP width 64, decoder) has 1,051,521; :data:`PAPER_CONFIG` (ResNet-50 layout at
+output stride 8, ASPP width 64, decoder, 4 temporal groups) has 1,079,745 (1,051,521 with one
+temporal group: the stem reads 12 instead of 48 channels); :data:`PAPER_CONFIG` (ResNet-50 layout at
 width 64, output stride 8, ASPP 256, torchvision's DeepLabv3 head, the likely setting of seed 001,
 which does not state it) has 39,661,953 = torchvision's ``deeplabv3_resnet50`` without the
 auxiliary head with one class (39,638,869 - 5,397 + 257) and a 12-band stem (+ 9 * 64 * 49).
@@ -65,6 +72,7 @@ PAPER_CONFIG: dict[str, Any] = {
     "aspp_width": 256,
     "decoder": False,
     "dropout": 0.5,
+    "temporal_groups": 1,
 }
 #: ASPP atrous rates at output stride 16 (DeepLabv3); scaled by 16 / output_stride.
 ASPP_RATES = "6,12,18"
@@ -240,6 +248,7 @@ class DeepLabV3(nn.Module):
         dropout: float = 0.1,
         scale: int = 4,
         masked_mean: bool = True,
+        temporal_groups: int = 4,
     ) -> None:
         super().__init__()
         stage_blocks, rates = parse_widths(blocks), parse_widths(atrous_rates)
@@ -250,10 +259,15 @@ class DeepLabV3(nn.Module):
                 f"block must be one of {BLOCK_TYPES} and output_stride one of {OUTPUT_STRIDES}, "
                 f"got {block!r} and {output_stride!r}"
             )
-        if min(n_bands, base_width, aspp_width, low_level_width, scale) < 1 or not 0 <= dropout < 1:
+        if (
+            min(n_bands, base_width, aspp_width, low_level_width, scale, temporal_groups) < 1
+            or not 0 <= dropout < 1
+        ):
             raise ValueError(
-                "need positive n_bands, base_width, aspp_width, low_level_width, scale and 0 <= dropout < 1"
+                "need positive n_bands, base_width, aspp_width, low_level_width, scale, temporal_groups "
+                "and 0 <= dropout < 1"
             )
+        self.temporal_groups = int(temporal_groups)
         self.n_bands, self.scale, self.masked_mean = int(n_bands), int(scale), bool(masked_mean)
         self.decoder = bool(decoder)
         self.config: dict[str, Any] = {
@@ -269,8 +283,10 @@ class DeepLabV3(nn.Module):
             "dropout": float(dropout),
             "scale": self.scale,
             "masked_mean": self.masked_mean,
+            "temporal_groups": self.temporal_groups,
         }
-        self.backbone = ResNetBackbone(self.n_bands, base_width, stage_blocks, block, output_stride)
+        in_channels = self.n_bands * self.temporal_groups
+        self.backbone = ResNetBackbone(in_channels, base_width, stage_blocks, block, output_stride)
         #: ASPP rates at this output stride.
         self.rates = tuple(r * 16 // output_stride for r in rates)
         self.aspp = ASPP(self.backbone.out_channels, aspp_width, self.rates, dropout)
@@ -285,22 +301,27 @@ class DeepLabV3(nn.Module):
         self.classifier = nn.Conv2d(aspp_width, 1, 1)
 
     def temporal_mean(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        """(B, T, C, H, W) -> (B, C, H, W): mean over the valid frames (or all, ``masked_mean=False``).
+        """(B, T, C, H, W) -> (B, G * C, H, W): mean over the valid frames (or all, ``masked_mean=False``)
+        of each of the G = ``temporal_groups`` consecutive groups of frames, group-major.
 
         ``valid`` (B, T, H, W) bool; None takes the pixel-frames that are not all zero as valid.
+        A group without a valid frame at a pixel (or without frames, T < G) is 0 there.
         """
         if x.ndim != 5 or x.shape[1] == 0:
             raise ValueError(f"x must have shape (B, T, C, H, W) with T > 0, got {tuple(x.shape)}")
         if x.shape[2] != self.n_bands:
             raise ValueError(f"{self.name} takes {self.n_bands} bands per frame, got {x.shape[2]}")
         if valid is None:
-            if not self.masked_mean:
-                return x.mean(dim=1)
-            valid = (x != 0).any(dim=2)
+            valid = (x != 0).any(dim=2) if self.masked_mean else torch.ones_like(x[:, :, 0], dtype=torch.bool)
         elif valid.shape != (*x.shape[:2], *x.shape[3:]):
             raise ValueError(f"valid has shape {tuple(valid.shape)}, expected (B, T, H, W) of x")
-        weight = valid.to(x.dtype).unsqueeze(2)
-        return (x * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1)
+        n_frames, groups = x.shape[1], self.temporal_groups
+        frame_group = torch.arange(n_frames, device=x.device) * groups // n_frames
+        assign = (frame_group == torch.arange(groups, device=x.device)[:, None]).to(x.dtype)  # (G, T)
+        weight = valid.to(x.dtype)
+        sums = torch.einsum("gt,btchw->bgchw", assign, x * weight.unsqueeze(2))
+        counts = torch.einsum("gt,bthw->bghw", assign, weight).unsqueeze(2)
+        return (sums / counts.clamp_min(1)).flatten(1, 2)
 
     def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
         """(B, T, C, H, W) float 10 m series -> (B, 1, scale H, scale W) logits at 2.5 m."""

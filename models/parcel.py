@@ -126,6 +126,8 @@ class ParcelClassifier(nn.Module):
     name: ClassVar[str] = "parcel"
     #: The kind of input the model takes: (B, T, F) per-parcel series.
     input_kind: ClassVar[str] = "parcel-series"
+    #: Batch entries the training loop passes to ``forward`` besides ``x``: the steps' day of year.
+    batch_inputs: ClassVar[tuple[str, ...]] = ("doy",)
 
     config: dict[str, Any]
     n_features: int

@@ -5,37 +5,33 @@ padded to a common T), the 0/1 targets and the weights (0 = ignore, e.g. not dec
 
 * :class:`ParcelFeatureScaler`: per-feature standardisation fitted NaN-ignoring on the training
   parcels; NaN stays NaN, so the models still see which steps are missing.
-* :func:`fit_parcel_classifier`: Adam, weighted BCE with logits (``sum(w * bce) / sum(w)`` per batch
-  and pooled over the epoch), early stopping on the validation loss, the best weights restored.
-  Deterministic given the seed: ``torch.manual_seed(seed)`` before the first epoch (dropout) and a
-  seeded ``torch.Generator`` for the shuffles; build the model after seeding for end-to-end runs.
+* :class:`ParcelBatches` / :func:`parcel_loaders`: the series as batches for the one torch training
+  loop, :class:`~s2agri.models.training.Trainer` (seeded shuffles per epoch, exact resume, the
+  shared checkpoint format of :mod:`s2agri.models.checkpoints`); the parcel models take the
+  batch's ``doy`` through their ``batch_inputs``.
+* :func:`parcel_trainer_config`: the parcel recipe (Adam, constant lr, weighted BCE
+  ``sum(w * bce) / sum(w)``, early stopping and best checkpoint on the validation loss);
+  :func:`fit_parcel_classifier` runs it on arrays in memory and loads the best weights.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
 import logging
-import math
-import time
+import os
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from s2agri.tasks.metrics import Confusion, mcc
-
-from .training import _torch_settings, masked_bce_with_logits
+from .checkpoints import load_checkpoint
+from .trainer_config import TrainerConfig
+from .training import History, Trainer, epoch_seed
 
 LOGGER = logging.getLogger(__name__)
 
-#: Columns of the per-epoch history rows (and of ``training/metrics.csv``).
-HISTORY_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "val_mcc", "epoch_seconds")
 #: Smallest standard deviation of a feature (constant features are only centred).
 STD_FLOOR = 1e-6
 
@@ -97,32 +93,6 @@ class ParcelFeatureScaler:
         return cls(mean, std)
 
 
-@dataclass
-class ParcelFitResult:
-    """Per-epoch rows (:data:`HISTORY_COLUMNS`), the best epoch (1-based) and why training stopped."""
-
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_loss: float = math.inf
-    stop_reason: str = ""
-    train_seconds: float = 0.0
-
-    @property
-    def best(self) -> dict[str, Any]:
-        """The history row of the best epoch."""
-        return next(row for row in self.history if row["epoch"] == self.best_epoch)
-
-
-def history_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The history rows as CSV text (header :data:`HISTORY_COLUMNS`, floats round-trip exactly)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(HISTORY_COLUMNS)
-    for row in rows:
-        writer.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in HISTORY_COLUMNS])
-    return buffer.getvalue()
-
-
 def _column(values: np.ndarray, n: int, name: str) -> Tensor:
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     if values.size != n:
@@ -139,40 +109,115 @@ def _positions(doy: np.ndarray | None, n: int, n_steps: int) -> Tensor | None:
         positions = positions.expand(n, -1)
     if tuple(positions.shape) != (n, n_steps):
         raise ValueError(f"doy has shape {tuple(positions.shape)}: expected ({n_steps},) or ({n}, {n_steps})")
-    return positions
+    return positions.contiguous()
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[Tensor]:
-    """Index batches (shuffled with ``generator``); a trailing batch of 1 joins the previous one
-    (batch norm cannot train on a single item)."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
-    return batches
+class ParcelBatches:
+    """Batches of parcel series for :class:`~s2agri.models.training.Trainer`: dicts of ``x`` (B, T, F),
+    ``y`` and ``weight`` (B, 1) and, when given, ``doy`` (B, T).
+
+    ``shuffle``: a new order every epoch, drawn from ``(seed, epoch)`` (:meth:`set_epoch`, called by
+    the trainer), so a resumed run sees the same batches. A trailing batch of one parcel joins the
+    previous batch (batch norm cannot train on a single item).
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        weight: np.ndarray,
+        doy: np.ndarray | None = None,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x = torch.from_numpy(np.asarray(x, dtype=np.float32).copy())
+        if self.x.ndim != 3:
+            raise ValueError(f"series of shape {tuple(self.x.shape)}: expected (N, T, F)")
+        n = len(self.x)
+        self.y, self.weight = _column(y, n, "y"), _column(weight, n, "weight")
+        self.doy = _positions(doy, n, self.x.shape[1])
+        self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _index_batches(self) -> list[Tensor]:
+        n = len(self.x)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        batches = list(order.split(self.batch_size))
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            single = batches.pop()
+            batches[-1] = torch.cat([batches[-1], single])
+        return batches
+
+    def __len__(self) -> int:
+        return len(self._index_batches())
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        for index in self._index_batches():
+            batch = {"x": self.x[index], "y": self.y[index], "weight": self.weight[index]}
+            if self.doy is not None:
+                batch["doy"] = self.doy[index]
+            yield batch
 
 
-def _evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, w: Tensor, doy: Tensor | None, batch_size: int
-) -> tuple[float, float]:
-    """Validation loss (weighted mean BCE) and weighted MCC at probability 0.5, in eval mode."""
-    model.eval()
-    loss_sum, weight_sum, logits = 0.0, 0.0, []
-    with torch.no_grad():
-        for index in _batches(len(x), batch_size, None):
-            out = model(x[index], doy=None if doy is None else doy[index])
-            total, weight = masked_bce_with_logits(out, y[index], w[index])
-            loss_sum, weight_sum = loss_sum + float(total), weight_sum + float(weight)
-            logits.append(out)
-    pred = (torch.cat(logits) >= 0).numpy()[:, 0]
-    truth, weights = y.numpy()[:, 0] > 0.5, w.numpy()[:, 0].astype(np.float64)
-    confusion = Confusion(
-        tp=float(weights[truth & pred].sum()),
-        fp=float(weights[~truth & pred].sum()),
-        fn=float(weights[truth & ~pred].sum()),
-        tn=float(weights[~truth & ~pred].sum()),
+def parcel_loaders(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    w_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    w_val: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    doy_train: np.ndarray | None = None,
+    doy_val: np.ndarray | None = None,
+) -> tuple[ParcelBatches, ParcelBatches]:
+    """Training (shuffled) and validation batches of scaled (N, T, F) series, their inputs checked."""
+    train = ParcelBatches(
+        x_train, y_train, w_train, doy_train, batch_size=batch_size, shuffle=True, seed=seed
     )
-    return loss_sum / weight_sum, mcc(confusion)
+    val = ParcelBatches(x_val, y_val, w_val, doy_val, batch_size=batch_size, shuffle=False, seed=seed)
+    if train.x.shape[1:] != val.x.shape[1:]:
+        raise ValueError(
+            f"series of shapes {tuple(train.x.shape)} and {tuple(val.x.shape)}: expected (N, T, F) alike"
+        )
+    if float(train.weight.sum()) <= 0 or float(val.weight.sum()) <= 0:
+        raise ValueError(
+            "the training and the validation parcels both need some weight > 0 (labelled parcels)"
+        )
+    if len(train.x) < 2:
+        raise ValueError(f"{len(train.x)} training parcel(s): need at least 2")
+    return train, val
+
+
+def parcel_trainer_config(
+    *, batch_size: int, lr: float, max_epochs: int, patience: int, seed: int, num_threads: int | None = None
+) -> TrainerConfig:
+    """The parcel recipe as a :class:`TrainerConfig`: Adam at a constant ``lr``, weighted BCE, best
+    checkpoint and early stopping on the validation loss."""
+    if min(batch_size, max_epochs, patience) < 1 or lr <= 0:
+        raise ValueError("batch_size, max_epochs and patience must be >= 1 and lr > 0")
+    return TrainerConfig(
+        lr=lr,
+        batch_size=batch_size,
+        max_epochs=max_epochs,
+        patience=patience,
+        seed=seed,
+        num_threads=num_threads,
+        selection="val_loss",
+        schedule="constant",
+    )
 
 
 def fit_parcel_classifier(
@@ -184,6 +229,7 @@ def fit_parcel_classifier(
     y_val: np.ndarray,
     w_val: np.ndarray,
     *,
+    out_dir: str | os.PathLike[str],
     batch_size: int,
     lr: float,
     max_epochs: int,
@@ -193,82 +239,28 @@ def fit_parcel_classifier(
     doy_val: np.ndarray | None = None,
     num_threads: int | None = None,
     progress: bool = False,
-) -> ParcelFitResult:
-    """Fit ``model`` (one logit) on scaled (N, T, F) series; returns the history, best weights loaded.
+) -> History:
+    """Fit ``model`` (a registered parcel classifier, one logit) on scaled (N, T, F) series with the
+    torch :class:`~s2agri.models.training.Trainer` (checkpoints and ``metrics.csv`` in ``out_dir``);
+    returns the history with the best weights loaded into ``model`` (eval mode).
 
     ``y`` 0/1 and ``w`` (0 = ignore) have one value per parcel; ``doy`` (T,) or (N, T) positions
-    reach the model's ``forward(x, doy=...)``. Stops after ``patience`` epochs without a lower
-    validation loss (``stop_reason="patience"``) or at ``max_epochs``.
+    reach the model's ``forward(x, doy=...)``.
     """
-    if min(batch_size, max_epochs, patience) < 1 or lr <= 0:
-        raise ValueError("batch_size, max_epochs and patience must be >= 1 and lr > 0")
-    x_tr, x_va = (torch.from_numpy(np.asarray(x, dtype=np.float32).copy()) for x in (x_train, x_val))
-    if x_tr.ndim != 3 or x_va.ndim != 3 or x_tr.shape[1:] != x_va.shape[1:]:
-        raise ValueError(
-            f"series of shapes {tuple(x_tr.shape)} and {tuple(x_va.shape)}: expected (N, T, F) alike"
-        )
-    n_train, n_val = len(x_tr), len(x_va)
-    y_tr, w_tr = _column(y_train, n_train, "y_train"), _column(w_train, n_train, "w_train")
-    y_va, w_va = _column(y_val, n_val, "y_val"), _column(w_val, n_val, "w_val")
-    if float(w_tr.sum()) <= 0 or float(w_va.sum()) <= 0:
-        raise ValueError(
-            "the training and the validation parcels both need some weight > 0 (labelled parcels)"
-        )
-    if n_train < 2:
-        raise ValueError(f"{n_train} training parcel(s): need at least 2")
-    doy_tr = _positions(doy_train, n_train, x_tr.shape[1])
-    doy_va = _positions(doy_val, n_val, x_va.shape[1])
-
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    result = ParcelFitResult()
-    best_state: dict[str, Tensor] = copy.deepcopy(model.state_dict())
-    stale = 0
-    start = time.perf_counter()
-    epochs = range(1, max_epochs + 1)
-    if progress:
-        from tqdm import tqdm
-
-        epochs = tqdm(epochs, desc="epochs", leave=False)
-    with _torch_settings(num_threads, deterministic=True):
-        for epoch in epochs:
-            epoch_start = time.perf_counter()
-            model.train()
-            loss_sum, weight_sum = 0.0, 0.0
-            for index in _batches(n_train, batch_size, generator):
-                weight = w_tr[index]
-                if float(weight.sum()) <= 0:
-                    continue
-                logits = model(x_tr[index], doy=None if doy_tr is None else doy_tr[index])
-                total, batch_weight = masked_bce_with_logits(logits, y_tr[index], weight)
-                optimiser.zero_grad(set_to_none=True)
-                (total / batch_weight).backward()
-                optimiser.step()
-                loss_sum, weight_sum = loss_sum + total.item(), weight_sum + batch_weight.item()
-            val_loss, val_mcc = _evaluate(model, x_va, y_va, w_va, doy_va, batch_size)
-            result.history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": loss_sum / weight_sum,
-                    "val_loss": val_loss,
-                    "val_mcc": val_mcc,
-                    "epoch_seconds": round(time.perf_counter() - epoch_start, 4),
-                }
-            )
-            LOGGER.debug(
-                "epoch %d: train %.4f, val %.4f, MCC %.3f", epoch, loss_sum / weight_sum, val_loss, val_mcc
-            )
-            if val_loss < result.best_val_loss:
-                result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-                if stale >= patience:
-                    result.stop_reason = "patience"
-                    break
-    result.stop_reason = result.stop_reason or "max_epochs"
-    result.train_seconds = time.perf_counter() - start
-    model.load_state_dict(best_state)
+    config = parcel_trainer_config(
+        batch_size=batch_size,
+        lr=lr,
+        max_epochs=max_epochs,
+        patience=patience,
+        seed=seed,
+        num_threads=num_threads,
+    )
+    train, val = parcel_loaders(
+        x_train, y_train, w_train, x_val, y_val, w_val,
+        batch_size=batch_size, seed=seed, doy_train=doy_train, doy_val=doy_val,
+    )  # fmt: skip
+    trainer = Trainer(model, config, out_dir, progress=progress, overwrite=True)
+    history = trainer.fit(train, val)
+    model.load_state_dict(load_checkpoint(trainer.best_path)["model_state"])
     model.eval()
-    return result
+    return history

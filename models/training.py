@@ -1,4 +1,11 @@
-"""Training loop of the torch segmenters (GCNN, U-Nets): seeded, checkpointed, resumable.
+"""The one training loop of every torch model (the segmenters and the parcel classifiers): seeded,
+checkpointed, resumable.
+
+Batches are dicts of tensors: ``x``, ``y``, ``weight`` and extras. The model is called as
+``model(x, **inputs)`` where ``inputs`` are the batch entries named by its ``batch_inputs`` class
+attribute (:func:`forward_batch`; e.g. ``doy`` of the parcel classifiers); segmenters take ``x``
+alone. Patch datasets (:mod:`s2agri.models.datasets`) and parcel batches
+(:class:`s2agri.models.parcel_training.ParcelBatches`) both feed it.
 
 Seed 000's recipe is the default (:class:`TrainerConfig`): Adam, lr 1e-3, batch 100, binary
 cross-entropy, early stopping with patience 12 on the validation loss, at most 100 epochs.
@@ -110,6 +117,14 @@ class History:
     best_threshold: float | None = None
 
     @property
+    def best_row(self) -> dict[str, Any]:
+        """The epoch row of the best epoch (``ValueError`` before any epoch)."""
+        for row in self.epochs:
+            if row["epoch"] == self.best_epoch:
+                return row
+        raise ValueError("the history has no best epoch yet")
+
+    @property
     def stopped_early(self) -> bool:
         return self.stop_reason == "early_stopping"
 
@@ -219,6 +234,13 @@ def _unpack(batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
     }
     tensors["x"] = tensors["x"].float()
     return tensors
+
+
+def forward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``model(batch["x"], **inputs)``: the batch entries the model names in ``batch_inputs`` (e.g.
+    the parcel classifiers' ``doy``) are passed as keyword arguments when the batch has them."""
+    names = getattr(model, "batch_inputs", ())
+    return model(batch["x"], **{name: batch[name] for name in names if name in batch})
 
 
 def batch_loss(
@@ -560,7 +582,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = scheduled_lr(cfg, index, step, n_batches)
             tensors = _unpack(batch, self.device)
-            outputs = self.model(tensors["x"])
+            outputs = forward_batch(self.model, tensors)
             loss_sum_batch, batch_weight = batch_loss(
                 self.model, outputs, tensors, weighted=cfg.weighted_loss, pos_weight=cfg.pos_weight
             )
@@ -694,7 +716,7 @@ def evaluate(
     for batch in tqdm(loader, desc="validation", unit="batch", leave=False, disable=not progress):
         tensors = _unpack(batch, device)
         y, w = tensors["y"], tensors["weight"]
-        outputs = model(tensors["x"])
+        outputs = forward_batch(model, tensors)
         loss_sum_batch, batch_weight = batch_loss(
             model, outputs, tensors, weighted=weighted_loss, pos_weight=pos_weight
         )

@@ -176,9 +176,15 @@ class DeepConfig(_Strict):
         description="the training loop; keys not given take the CPU recipe (DEEP_RECIPE), not seed 000's",
     )
     tile: int = Field(128, ge=16, description="inference tile side at 10 m")
+    inputs: Literal["frames", "monthly"] = Field(
+        "frames",
+        description="time steps of the stacks: the deep.n_frames least cloudy frames, or the cloud-masked "
+        "monthly medians of deep.months (convlstm / convstar always read monthly medians)",
+    )
     months: tuple[int, ...] = Field(
         (3, 4, 5, 6, 7, 8),
-        description="calendar months of the monthly medians fed to convlstm / convstar (the challenge season)",
+        description="calendar months of the monthly medians (deep.inputs monthly, convlstm, convstar; the "
+        "challenge season)",
     )
 
     @field_validator("trainer", mode="before")

@@ -7,7 +7,8 @@ Every model belongs to one family (:data:`s2agri.models.names.FAMILIES`):
 * ``deep`` (the torch segmenters, the field-delineation model): trained in epochs on tensor
   patches by :class:`s2agri.models.training.Trainer`, checkpointed, resumable with ``--resume``;
 * ``parcel`` (TempCNN, Transformer, LSTM): classify known parcels from their zonal statistics; they
-  need the parcel polygons of every box, and their instances are those parcels;
+  need the parcel polygons of every box, and their instances are those parcels; trained in epochs
+  by the same :class:`~s2agri.models.training.Trainer`, resumable with ``--resume``;
 * ``rule`` (the NDVI rule): no training, usable by name.
 
 A :class:`ModelFamily` answers everything the commands ask of a kind of model, so no caller branches
@@ -94,7 +95,7 @@ def _train_parcel(
     from s2agri.workflows.config import dump_config
     from s2agri.workflows.train_parcel import train_parcel_model
 
-    card = train_parcel_model(boxes, config, folder)
+    card = train_parcel_model(boxes, config, folder, checkpoints=checkpoints, resume=resume)
     dump_config(config, folder / "config.json")
     return card
 
@@ -175,7 +176,7 @@ FAMILIES: dict[str, ModelFamily] = {
     ),
     "parcel": ModelFamily(
         "parcel",
-        resumable=False,
+        resumable=True,
         pixel_features=False,
         known_parcels=True,
         train=_train_parcel,

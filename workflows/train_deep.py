@@ -59,16 +59,23 @@ def delineation_targets_for(model: str) -> bool:
 
 
 def months_for(config: MappingConfig) -> tuple[int, ...] | None:
-    """Calendar months of the monthly-median input (``deep.months``) of the monthly models, else None."""
-    return tuple(config.deep.months) if config.train.model in MONTHLY_MODELS else None
+    """Calendar months of the monthly-median input (``deep.months``) of the monthly models and of
+    ``deep.inputs: monthly``, else None."""
+    monthly = config.train.model in MONTHLY_MODELS or config.deep.inputs == "monthly"
+    return tuple(config.deep.months) if monthly else None
 
 
 def frames_for(config: MappingConfig) -> int | None:
     """Time steps per box the model sees: ``deep.n_frames`` (fixed, the least cloudy in time order),
     every frame (None) with ``deep.all_frames`` (models that take any number of frames only), or the
-    number of months of ``deep.months`` for the monthly models."""
+    number of months of ``deep.months`` for monthly inputs."""
     months = months_for(config)
     if months is not None:
+        if config.deep.all_frames:
+            raise S2AgriInputError(
+                f"deep.all_frames and monthly inputs ({config.train.model}, deep.inputs "
+                f"{config.deep.inputs}) exclude each other: drop deep.all_frames"
+            )
         return len(months)
     if config.deep.all_frames:
         if "n_frames" in _constructor_arguments(config.train.model):
@@ -211,12 +218,14 @@ def checkpoints_folder(out: Path) -> Path:
 
 #: Trainer settings a resumed run may change (others would break the run it continues).
 RESUMABLE_CHANGES: frozenset[str] = frozenset({"max_epochs", "patience", "num_threads", "device"})
+#: The same settings of the parcel classifiers' recipe (``parcel`` section).
+RESUMABLE_PARCEL_CHANGES: frozenset[str] = frozenset({"max_epochs", "patience"})
 
 
 def resume_config(checkpoint: Path, config: MappingConfig, explicit: bool) -> MappingConfig:
-    """The config of the run stored in ``checkpoint``, with the ``deep.trainer`` changes of ``config``
-    a resume allows (:data:`RESUMABLE_CHANGES`) when ``explicit`` (the user gave ``--config``); any
-    other difference is an input error naming the setting."""
+    """The config of the run stored in ``checkpoint``, with the ``deep.trainer`` and ``parcel`` changes
+    of ``config`` a resume allows (:data:`RESUMABLE_CHANGES`, :data:`RESUMABLE_PARCEL_CHANGES`) when
+    ``explicit`` (the user gave ``--config``); any other difference is an input error naming the setting."""
     from s2agri.models.checkpoints import load_checkpoint
 
     try:
@@ -228,10 +237,18 @@ def resume_config(checkpoint: Path, config: MappingConfig, explicit: bool) -> Ma
     given_trainer = config.deep.trainer.model_dump()
     stored_trainer = stored.deep.trainer.model_dump()
     trainer_changes = {k: v for k, v in given_trainer.items() if stored_trainer[k] != v}
+    parcel_changes = {
+        k: getattr(config.parcel, k)
+        for k in RESUMABLE_PARCEL_CHANGES
+        if getattr(config.parcel, k) != getattr(stored.parcel, k)
+    }
     rest = config.model_dump(mode="json")
     previous = stored.model_dump(mode="json")
     rest["deep"].pop("trainer")
     previous["deep"].pop("trainer")
+    for key in RESUMABLE_PARCEL_CHANGES:
+        rest["parcel"].pop(key)
+        previous["parcel"].pop(key)
     rest.pop("workers", None)
     previous.pop("workers", None)
     differing = sorted(
@@ -241,13 +258,15 @@ def resume_config(checkpoint: Path, config: MappingConfig, explicit: bool) -> Ma
     if differing:
         raise S2AgriInputError(
             f"--resume continues the run in {checkpoint.parent} but --config changes {', '.join(differing)}: "
-            f"only deep.trainer {', '.join(sorted(RESUMABLE_CHANGES))} may change; train without --resume"
+            f"only deep.trainer {', '.join(sorted(RESUMABLE_CHANGES))} and parcel "
+            f"{', '.join(sorted(RESUMABLE_PARCEL_CHANGES))} may change; train without --resume"
         )
     return stored.model_copy(
         update={
             "deep": stored.deep.model_copy(
                 update={"trainer": stored.deep.trainer.model_copy(update=trainer_changes)}
-            )
+            ),
+            "parcel": stored.parcel.model_copy(update=parcel_changes),
         }
     )
 

@@ -6,18 +6,21 @@ Each box's parcels (``vector_timeless/REFERENCE`` with their labels) get their z
 choice for ``tempcnn``) or one step per frame, padded with NaN to the longest box. Targets: 1 for
 cultivated parcels; not declared parcels and parcels without any valid step weigh 0. Validation
 boxes are held out by box (``parcel.val_fraction``, at least one); the feature scaler is fitted on
-the training parcels only; :func:`fit_parcel_classifier` runs Adam with early stopping on the
-validation loss. The model folder gets ``model.pt`` (weights, constructor arguments, scaler, steps,
+the training parcels only; the one torch training loop (:class:`~s2agri.models.training.Trainer`,
+:func:`~s2agri.models.parcel_training.parcel_trainer_config`) runs Adam with early stopping on the
+validation loss, checkpointed every epoch and resumable with ``s2agri train --resume``. The model
+folder gets ``model.pt`` (the best checkpoint in the trainer's format, plus the scaler, steps,
 months, buffer and the resolved config: a plain dict for ``torch.load(weights_only=True)``),
-``training/metrics.csv`` and ``model_card.json``, whose validation scores come from predicting the
-validation boxes as ``s2agri predict`` does (zonal statistics -> classifier -> painting at 2.5 m).
+``training/`` (``last.pt``, ``best.pt``, ``metrics.csv``) and ``model_card.json``, whose validation
+scores come from predicting the validation boxes as ``s2agri predict`` does (zonal statistics ->
+classifier -> painting at 2.5 m).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,13 +31,13 @@ import numpy as np
 import torch
 from eolearn.core import EOPatch, EOTask
 
-from s2agri.models.checkpoints import atomic_save
+from s2agri.models.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT
 from s2agri.models.datasets import split_boxes
 from s2agri.models.names import PARCEL_MODELS, family_name
-from s2agri.models.parcel_training import ParcelFeatureScaler, fit_parcel_classifier, history_csv
+from s2agri.models.parcel_training import ParcelFeatureScaler, parcel_loaders, parcel_trainer_config
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import create_model, get_constructor
-from s2agri.models.training import seed_everything
+from s2agri.models.training import Trainer
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.predict_parcel import observed, parcel_series
@@ -49,8 +52,7 @@ LOGGER = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 TRAINING = "training"
-METRICS_CSV = "metrics.csv"
-#: Keys of a parcel model checkpoint (``model.pt``).
+#: Keys a parcel model checkpoint (``model.pt``, the trainer's ``best.pt``) holds besides the trainer's.
 CHECKPOINT_KEYS: tuple[str, ...] = (
     "model_name",
     "model_kwargs",
@@ -181,8 +183,19 @@ def load_parcel_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]
     return model, checkpoint
 
 
-def train_parcel_model(boxes: Sequence[Path], config: MappingConfig, folder: Path) -> dict[str, Any]:
-    """Train ``config.train.model`` on the parcels of ``boxes`` and write the model folder; returns the card."""
+def train_parcel_model(
+    boxes: Sequence[Path],
+    config: MappingConfig,
+    folder: Path,
+    *,
+    checkpoints: Path | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train ``config.train.model`` on the parcels of ``boxes`` and write the model folder; returns the card.
+
+    ``checkpoints``: where the trainer writes ``last.pt``/``best.pt``/``metrics.csv`` (default
+    ``folder/training``), copied to ``folder/training`` at the end; ``resume`` continues the run
+    whose ``last.pt`` is there (same boxes), as for the deep models."""
     name, parcel, seed = config.train.model, config.parcel, config.train.seed
     check_parcel_config(config)
     if len(boxes) < 2:
@@ -209,49 +222,54 @@ def train_parcel_model(boxes: Sequence[Path], config: MappingConfig, folder: Pat
             )
     scaler = ParcelFeatureScaler().fit(x_train)
     kwargs = parcel_model_kwargs(config, x_train.shape[-1])
-    seed_everything(seed)
-    try:
-        model = create_model(name, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise S2AgriInputError(f"train.params do not fit model {name} ({exc}): check the values") from exc
-    fit = fit_parcel_classifier(
-        model,
-        scaler.apply(x_train),
-        y_train,
-        w_train,
-        scaler.apply(x_val),
-        y_val,
-        w_val,
+    trainer_config = parcel_trainer_config(
         batch_size=parcel.batch_size,
         lr=parcel.lr,
         max_epochs=parcel.max_epochs,
         patience=parcel.patience,
         seed=seed,
-        doy_train=doy_train,
-        doy_val=doy_val,
         num_threads=config.deep.trainer.num_threads,
     )
-    train_seconds = time.perf_counter() - start
-    (folder / TRAINING).mkdir(parents=True, exist_ok=True)
-    tmp = folder / TRAINING / f".{METRICS_CSV}.tmp-{os.getpid()}"
-    tmp.write_text(history_csv(fit.history), encoding="utf-8")
-    tmp.replace(folder / TRAINING / METRICS_CSV)
-    atomic_save(
-        {
-            "model_name": name,
-            "model_kwargs": kwargs,
-            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    train_batches, val_batches = parcel_loaders(
+        scaler.apply(x_train), y_train, w_train, scaler.apply(x_val), y_val, w_val,
+        batch_size=parcel.batch_size, seed=seed, doy_train=doy_train, doy_val=doy_val,
+    )  # fmt: skip
+    run_dir = folder / TRAINING if checkpoints is None else checkpoints
+    box_names = {"training_boxes": [b.name for b in train], "validation_boxes": [b.name for b in val]}
+    if resume:
+        trainer = Trainer.resume(run_dir / LAST_CHECKPOINT, run_dir, config=trainer_config)
+        stored = {key: trainer.extra.get(key) for key in box_names}
+        if stored != box_names:
+            raise S2AgriInputError(
+                f"--resume: the run in {run_dir} was trained on {stored['training_boxes']} (validation "
+                f"{stored['validation_boxes']}), not on these boxes: give the same boxes or train without --resume"
+            )
+    else:
+        try:
+            trainer = Trainer.build(
+                name, kwargs, trainer_config, out_dir=run_dir, overwrite=checkpoints is not None
+            )
+        except (TypeError, ValueError) as exc:
+            raise S2AgriInputError(f"train.params do not fit model {name} ({exc}): check the values") from exc
+    history = trainer.fit(
+        train_batches,
+        val_batches,
+        checkpoint_extra={
             "parcel_scaler": scaler.to_dict(),
             "steps": parcel.steps,
             "months": [int(m) for m in config.deep.months],
             "buffer_m": float(parcel.buffer_m),
             "mapping_config": config.model_dump(mode="json"),
-            "best_epoch": fit.best_epoch,
+            **box_names,
         },
-        folder / MODEL_FILE,
     )
+    train_seconds = time.perf_counter() - start
+    if checkpoints is not None:
+        shutil.copytree(run_dir, folder / TRAINING, dirs_exist_ok=True)
+    shutil.copyfile(folder / TRAINING / BEST_CHECKPOINT, folder / MODEL_FILE)
+    model, _ = load_parcel_checkpoint(folder / MODEL_FILE)
     checks = validate_parcel_boxes(model, scaler, val, config)
-    best = fit.best
+    best = history.best_row
     card = save_card(
         folder,
         {
@@ -264,10 +282,14 @@ def train_parcel_model(boxes: Sequence[Path], config: MappingConfig, folder: Pat
             "steps": parcel.steps,
             "n_steps": n_steps,
             "train_seconds": round(train_seconds, 2),
-            "epochs": len(fit.history),
-            "best_epoch": fit.best_epoch,
-            "stop_reason": fit.stop_reason,
+            "epochs": len(history.epochs),
+            "best_epoch": history.best_epoch,
+            "stop_reason": history.stop_reason,
             "validation": {"val_loss": best["val_loss"], "val_mcc": best["val_mcc"]},
+            "learning_curve": [
+                {k: row.get(k) for k in ("epoch", "train_loss", "val_loss", "val_mcc")}
+                for row in history.epochs
+            ],
             **checks,
             "training_boxes": [box.name for box in train],
             "validation_boxes": [box.name for box in val],
@@ -278,10 +300,10 @@ def train_parcel_model(boxes: Sequence[Path], config: MappingConfig, folder: Pat
     LOGGER.info(
         "trained %s: %d epochs (%s), best val loss %.4f at epoch %d, %.1f s",
         name,
-        len(fit.history),
-        fit.stop_reason,
-        fit.best_val_loss,
-        fit.best_epoch,
+        len(history.epochs),
+        history.stop_reason,
+        history.best_val_loss,
+        history.best_epoch,
         train_seconds,
     )
     return card

@@ -39,8 +39,8 @@ def _resumable_checkpoint(out: Path, checkpoints: Path) -> Path:
                 shutil.copytree(candidate.parent, checkpoints, dirs_exist_ok=True)
             return checkpoints / "last.pt"
     raise S2AgriInputError(
-        f"--resume: neither {checkpoints} nor {out / 'training'} holds a last.pt (only deep models are trained "
-        "in epochs that can be resumed): train without --resume"
+        f"--resume: neither {checkpoints} nor {out / 'training'} holds a last.pt (only deep and parcel models "
+        "are trained in epochs that can be resumed): train without --resume"
     )
 
 
@@ -66,7 +66,7 @@ def train_command(args: argparse.Namespace) -> int:
         if resume:
             if args.config is not None and not family.resumable:
                 raise S2AgriInputError(
-                    f"--resume continues the epochs of a deep model; {config.train.model} is fitted in one go: "
+                    f"--resume continues the epochs of a deep or parcel model; {config.train.model} is fitted in one go: "
                     "drop --resume"
                 )
             last = _resumable_checkpoint(Path(args.out), checkpoints)

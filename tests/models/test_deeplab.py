@@ -24,8 +24,16 @@ TINY = {
     "aspp_width": 2,
     "atrous_rates": "1,2,3",
     "low_level_width": 1,
+    "temporal_groups": 1,
 }
-SMALL = {"base_width": 4, "blocks": "1,1,1,1", "aspp_width": 8, "low_level_width": 4, "dropout": 0.0}
+SMALL = {
+    "base_width": 4,
+    "blocks": "1,1,1,1",
+    "aspp_width": 8,
+    "low_level_width": 4,
+    "dropout": 0.0,
+    "temporal_groups": 1,
+}
 
 
 @pytest.mark.parametrize("size", [13, 32])
@@ -53,9 +61,12 @@ def test_parameter_counts() -> None:
     # Bottleneck stage 1 (2 -> 2 -> 8): 1x1 2*2 + 4, 3x3 2*2*9 + 4, 1x1 2*8 + 16, shortcut 2*8 + 16.
     one_bottleneck = DeepLabV3(**TINY, block="bottleneck").backbone.stages[0]
     assert sum(p.numel() for p in one_bottleneck.parameters()) == 8 + 40 + 32 + 32
+    # The CPU default reads 4 temporal groups: its stem sees 4 x 12 channels, 36 * 16 * 49 more weights
+    # than the 1,051,521 of the plain temporal mean.
     default = DeepLabV3()
-    assert default.n_parameters == 1_051_521
-    assert model_summary(default)["n_parameters"] == 1_051_521
+    assert DeepLabV3(temporal_groups=1).n_parameters == 1_051_521
+    assert default.n_parameters == 1_051_521 + 36 * 16 * 49 == 1_079_745
+    assert model_summary(default)["n_parameters"] == 1_079_745
 
 
 def test_paper_config_count() -> None:
@@ -158,6 +169,27 @@ def test_temporal_mean_is_permutation_invariant_and_skips_empty_frames() -> None
         assert model.temporal_mean(torch.zeros(1, 2, 12, 3, 3)).abs().sum() == 0  # never valid -> 0
     with pytest.raises(ValueError, match="valid"):
         model(x, valid[:, :2])
+
+
+def test_temporal_groups_are_means_of_consecutive_frames() -> None:
+    model = DeepLabV3(**{**SMALL, "temporal_groups": 3}).eval()
+    x = series(2, 7, 4, 5, seed=9)
+    x[:, 5, :, 1, 2] = 0  # one cloudy observation in the last group
+    means = model.temporal_mean(x)
+    assert means.shape == (2, 3 * 12, 4, 5)
+    # frame t -> group t * 3 // 7: frames 0-2, 3-4, 5-6; group-major channels
+    torch.testing.assert_close(means[:, :12], x[:, 0:3].mean(dim=1))
+    torch.testing.assert_close(means[:, 12:24], x[:, 3:5].mean(dim=1))
+    torch.testing.assert_close(means[:, 24:, 1, 2], x[:, 6, :, 1, 2])  # the zero frame is skipped
+    torch.testing.assert_close(means[:, 24:, 0, 0], x[:, 5:7, :, 0, 0].mean(dim=1))
+    # fewer frames than groups: frames 0, 1 -> groups 0, 1; the empty group 2 is 0
+    two = model.temporal_mean(x[:, :2])
+    assert two[:, 24:].abs().sum() == 0
+    torch.testing.assert_close(two[:, :24], x[:, :2].flatten(1, 2))
+    with torch.no_grad():
+        assert model(x).shape == (2, 1, 16, 20)
+    with pytest.raises(ValueError, match="temporal_groups"):
+        DeepLabV3(temporal_groups=0)
 
 
 def test_overfits_one_batch() -> None:

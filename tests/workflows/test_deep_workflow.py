@@ -206,7 +206,7 @@ def test_train_resume_continues_an_interrupted_run_exactly(
     assert json.loads((out / "model_card.json").read_text())["epochs"] == 4
 
 
-def test_resume_is_for_deep_models_only(region: Path, tmp_path: Path, capsys) -> None:
+def test_resume_is_for_models_trained_in_epochs_only(region: Path, tmp_path: Path, capsys) -> None:
     boxes = [str(region / "eopatches" / f"box-00{i}") for i in range(3)]
     config = tmp_path / "lgbm.yaml"
     config.write_text("train: {model: lightgbm}\n")

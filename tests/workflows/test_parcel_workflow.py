@@ -11,9 +11,18 @@ import pytest
 import torch
 from eolearn.core import EOPatch
 
+from s2agri.models.checkpoints import CHECKPOINT_KEYS as TRAINER_CHECKPOINT_KEYS
+from s2agri.models.checkpoints import load_checkpoint
 from s2agri.models.parcel import TempCNN
-from s2agri.models.parcel_training import ParcelFeatureScaler, fit_parcel_classifier
+from s2agri.models.parcel_training import (
+    ParcelBatches,
+    ParcelFeatureScaler,
+    fit_parcel_classifier,
+    parcel_loaders,
+    parcel_trainer_config,
+)
 from s2agri.models.registry import create_model
+from s2agri.models.training import CSV_COLUMNS, History, Trainer
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
@@ -94,25 +103,27 @@ def _toy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, y, weight
 
 
-def _fit(name: str, **kwargs: object) -> tuple[torch.nn.Module, object]:
+def _fit(name: str, out_dir: Path, max_epochs: int = 15, **kwargs: object) -> tuple[torch.nn.Module, History]:
     torch.manual_seed(0)
     model = create_model(name, n_features=4, **kwargs)
     x, y, w = _toy(64, 0)
     xv, yv, wv = _toy(32, 1)
     result = fit_parcel_classifier(
-        model, x, y, w, xv, yv, wv, batch_size=16, lr=1e-2, max_epochs=15, patience=3, seed=0, num_threads=1
-    )
+        model, x, y, w, xv, yv, wv, out_dir=out_dir, batch_size=16, lr=1e-2, max_epochs=max_epochs,
+        patience=3, seed=0, num_threads=1,
+    )  # fmt: skip
     return model, result
 
 
-def test_fit_learns_a_separable_problem_deterministically() -> None:
-    model, result = _fit("tempcnn", n_steps=6, hidden=8, kernel_size=3)
-    assert result.best["val_mcc"] == 1.0
-    assert list(result.history[0]) == ["epoch", "train_loss", "val_loss", "val_mcc", "epoch_seconds"]
-    assert result.stop_reason in ("patience", "max_epochs") and 1 <= result.best_epoch <= len(result.history)
-    assert result.best["val_loss"] == min(row["val_loss"] for row in result.history)
-    again, second = _fit("tempcnn", n_steps=6, hidden=8, kernel_size=3)
-    assert [row["val_loss"] for row in second.history] == [row["val_loss"] for row in result.history]
+def test_fit_learns_a_separable_problem_deterministically(tmp_path: Path) -> None:
+    model, result = _fit("tempcnn", tmp_path / "a", n_steps=6, hidden=8, kernel_size=3)
+    assert result.best_row["val_mcc"] == 1.0
+    assert list(result.epochs[0])[:4] == ["epoch", "train_loss", "val_loss", "val_mcc"]
+    assert result.stop_reason in ("early_stopping", "max_epochs")
+    assert 1 <= result.best_epoch <= len(result.epochs)
+    assert result.best_row["val_loss"] == min(row["val_loss"] for row in result.epochs)
+    again, second = _fit("tempcnn", tmp_path / "b", n_steps=6, hidden=8, kernel_size=3)
+    assert [row["val_loss"] for row in second.epochs] == [row["val_loss"] for row in result.epochs]
     for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     # the best state is restored: its validation loss is the best epoch's
@@ -122,14 +133,47 @@ def test_fit_learns_a_separable_problem_deterministically() -> None:
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, torch.from_numpy(yv), weight=torch.from_numpy(wv), reduction="sum"
     ) / float(wv.sum())
-    assert float(loss) == pytest.approx(result.best["val_loss"], rel=1e-5)
+    assert float(loss) == pytest.approx(result.best_row["val_loss"], rel=1e-5)
+    # the shared checkpoint format: the trainer's keys, the parcel model rebuilt from best.pt
+    checkpoint = load_checkpoint(tmp_path / "a" / "best.pt")
+    assert checkpoint["model_name"] == "tempcnn" and checkpoint["best_epoch"] == result.best_epoch
+    assert (tmp_path / "a" / "metrics.csv").read_text().count("\n") == len(result.epochs) + 1
 
 
-def test_fit_refuses_unlabelled_parcels() -> None:
+def test_parcel_fit_resumes_exactly(tmp_path: Path) -> None:
+    """Parcel classifiers train in the one torch loop: 6 epochs straight equal 3 + a resume of 3."""
+    x, y, w = _toy(64, 0)
+    xv, yv, wv = _toy(32, 1)
+    doy = np.arange(6) * 30
+    config = parcel_trainer_config(batch_size=16, lr=1e-2, max_epochs=6, patience=50, seed=0, num_threads=1)
+    loaders = parcel_loaders(x, y, w, xv, yv, wv, batch_size=16, seed=0, doy_train=doy, doy_val=doy)
+    straight = Trainer.build("transformer", {"n_features": 4}, config, tmp_path / "straight").fit(*loaders)
+    short = config.model_copy(update={"max_epochs": 3})
+    Trainer.build("transformer", {"n_features": 4}, short, tmp_path / "split").fit(*loaders)
+    resumed = Trainer.resume(tmp_path / "split" / "last.pt", config=config).fit(*loaders)
+    assert [r["val_loss"] for r in resumed.epochs] == [r["val_loss"] for r in straight.epochs]
+    assert len(straight.epochs) == 6
+
+
+def test_parcel_batches_pass_doy_and_reshuffle_per_epoch() -> None:
+    x, y, w = _toy(9, 0)
+    batches = ParcelBatches(x, y, w, np.arange(6), batch_size=4, shuffle=True, seed=3)
+    first = [b["y"][:, 0].tolist() for b in batches]
+    assert [len(b) for b in first] == [4, 5]  # the trailing single parcel joins the last batch
+    assert sorted(v for batch in first for v in batch) == sorted(y.tolist())  # every parcel once
+    item = next(iter(batches))
+    assert item["x"].shape == (4, 6, 4) and item["doy"].shape == (4, 6) and item["doy"].dtype == torch.int64
+    batches.set_epoch(1)
+    assert [b["y"][:, 0].tolist() for b in batches] != first
+    batches.set_epoch(0)
+    assert [b["y"][:, 0].tolist() for b in batches] == first
+
+
+def test_fit_refuses_unlabelled_parcels(tmp_path: Path) -> None:
     x, y, w = _toy(8, 0)
     with pytest.raises(ValueError, match="weight > 0"):
         fit_parcel_classifier(
-            create_model("lstm-parcel", n_features=4), x, y, w, x, y, 0 * w,
+            create_model("lstm-parcel", n_features=4), x, y, w, x, y, 0 * w, out_dir=tmp_path,
             batch_size=4, lr=1e-3, max_epochs=1, patience=1, seed=0,
         )  # fmt: skip
 
@@ -190,19 +234,48 @@ def test_training_is_reproducible(region: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
+def test_train_resume_continues_a_parcel_run(region: Path, tmp_path: Path) -> None:
+    """--resume continues a published parcel model's epochs (the one training loop's checkpoints):
+    2 epochs then 1 more equal 3 epochs straight."""
+    boxes = _boxes(region, "box-000", "box-001")
+
+    def config(name: str, epochs: int) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            f"train: {{model: transformer}}\nparcel: {{max_epochs: {epochs}, patience: 50}}\n"
+            "deep:\n  trainer: {num_threads: 1}\n"
+        )
+        return str(path)
+
+    straight, out = tmp_path / "straight", tmp_path / "resumed"
+    assert cli.main(["train", *boxes, "--out", str(straight), "--config", config("three", 3)]) == 0
+    assert cli.main(["train", *boxes, "--out", str(out), "--config", config("two", 2)]) == 0
+    assert cli.main(["train", *boxes, "--out", str(out), "--config", config("more", 3), "--resume"]) == 0
+    first, second = (json.loads((m / "model_card.json").read_text()) for m in (straight, out))
+    assert second["epochs"] == 3 and second["learning_curve"] == first["learning_curve"]
+    weights = [torch.load(m / "model.pt", weights_only=True)["model_state"] for m in (straight, out)]
+    for key, value in weights[0].items():
+        assert torch.allclose(value, weights[1][key], atol=1e-6, rtol=0), key
+
+
 def test_train_tempcnn_card_and_checkpoint(tempcnn_model: Path) -> None:
     card = json.loads((tempcnn_model / "model_card.json").read_text())
     expected = TempCNN(n_features=24, n_steps=6).n_parameters
     assert card["model"] == "tempcnn" and card["file"] == "model.pt" and card["n_parameters"] == expected
-    assert 1 <= card["epochs"] <= 3 and card["stop_reason"] in ("patience", "max_epochs")
+    assert 1 <= card["epochs"] <= 3 and card["stop_reason"] in ("early_stopping", "max_epochs")
     assert len(card["training_boxes"]) == 1 and len(card["validation_boxes"]) == 1
     assert card["parcels"]["train"] > 10 and card["parcels"]["validation"] > 10
     assert card["serialized_bytes"] > 4 * expected and card["inference_seconds_per_box"] > 0
     assert set(card["validation"]) == {"val_loss", "val_mcc"}
     assert set(card["validation_box_scores"]) >= {"weighted_mcc", "mcc_mask", "f1_mask", "acc_full"}
     rows = (tempcnn_model / "training" / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "epoch,train_loss,val_loss,val_mcc,epoch_seconds" and len(rows) == card["epochs"] + 1
+    # the one training loop's metrics.csv and checkpoints (last.pt, best.pt = model.pt)
+    assert rows[0] == ",".join(CSV_COLUMNS) and len(rows) == card["epochs"] + 1
+    assert {"last.pt", "best.pt"} <= {p.name for p in (tempcnn_model / "training").iterdir()}
     checkpoint = torch.load(tempcnn_model / "model.pt", weights_only=True)
+    assert set(checkpoint) >= set(TRAINER_CHECKPOINT_KEYS)
+    assert checkpoint["epoch"] == checkpoint["best_epoch"] == card["best_epoch"]
+    assert [row["epoch"] for row in card["learning_curve"]] == list(range(1, card["epochs"] + 1))
     assert checkpoint["steps"] == "monthly" and checkpoint["months"] == [3, 4, 5, 6, 7, 8]
     assert checkpoint["mapping_config"]["parcel"]["max_epochs"] == 3
     trained = load_trained(tempcnn_model)

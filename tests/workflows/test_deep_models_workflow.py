@@ -87,6 +87,18 @@ def test_model_kwargs_merge_preset_params_and_steps() -> None:
     assert model_kwargs(config, 3) == {"n_months": 3}
     config = MappingConfig.model_validate({"train": {"model": "spinet"}, "deep": {"all_frames": True}})
     assert frames_for(config) is None and model_kwargs(config, None) == {}
+    # deep.inputs monthly: any segmenter reads the monthly medians (fixed T = the months)
+    config = MappingConfig.model_validate({"train": {"model": "unet-tc"}, "deep": {"inputs": "monthly"}})
+    assert months_for(config) == (3, 4, 5, 6, 7, 8) and frames_for(config) == 6
+    assert model_kwargs(config, 6) == {"n_frames": 6}
+    assert months_for(MappingConfig.model_validate({"train": {"model": "unet-tc"}})) is None
+    config = MappingConfig.model_validate(
+        {"train": {"model": "spinet"}, "deep": {"inputs": "monthly", "all_frames": True}}
+    )
+    with pytest.raises(S2AgriInputError, match="exclude each other"):
+        frames_for(config)
+    with pytest.raises(ValueError, match="inputs"):
+        MappingConfig.model_validate({"deep": {"inputs": "weekly"}})
     config = MappingConfig.model_validate({"train": {"model": "mlp"}, "deep": {"all_frames": True}})
     with pytest.raises(S2AgriInputError, match=r"needs a fixed deep\.n_frames"):
         frames_for(config)
@@ -129,6 +141,36 @@ def test_monthly_model_input_is_the_normalised_medians(region: Path) -> None:
     assert medians.shape == (6, 40, 40, 12) and observed.shape == (6, 40, 40)
     with pytest.raises(ValueError, match="need the timestamps"):
         model_input(reflectance, valid, normaliser, 6, months=months)
+
+
+def test_deeplab_on_monthly_medians_one_group_per_month(region: Path, tmp_path: Path) -> None:
+    """deep.inputs monthly with a frame model: trained and predicted on the 6 monthly medians."""
+    config = {
+        "train": {"model": "deeplab", "params": {**TINY["deeplab"], "temporal_groups": 6}},
+        "deep": {
+            "inputs": "monthly",
+            "patch_size": 80,
+            "tile": 24,
+            "samples_per_epoch": 8,
+            "trainer": {"max_epochs": 1, "batch_size": 4, "num_threads": 1},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    model = tmp_path / "model"
+    boxes = [str(region / "eopatches" / box) for box in ("box-000", "box-001")]
+    assert cli.main(["train", *boxes, "--out", str(model), "--config", str(path)]) == 0
+    card = json.loads((model / "model_card.json").read_text())
+    assert card["months"] == [3, 4, 5, 6, 7, 8] and card["n_frames"] == 6
+    trained = load_trained(model)
+    assert trained.months == (3, 4, 5, 6, 7, 8) and trained.model.backbone.stem[0][0].in_channels == 6 * 12
+    run = tmp_path / "run"
+    assert (
+        cli.main(["predict", str(region / "eopatches" / "box-002"), "--model", str(model), "--out", str(run)])
+        == 0
+    )
+    proba = EOPatch.load(str(run / "eopatches" / "box-002"))[PRED_PROBA]
+    assert proba.shape == (160, 160, 1) and np.isfinite(proba).all()
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -17,7 +17,7 @@ from s2agri.workflows.families import family_of
 from s2agri.workflows.mapping import prediction_task, prediction_tasks, required_inputs
 from s2agri.workflows.model_store import TrainedModel, load_trained
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Family lists callers must not test membership in (they ask the family instead).
 FAMILY_LISTS = {"PIXEL_MODELS", "DEEP_MODELS", "PARCEL_MODELS", "RULE_MODELS"}
 
@@ -37,7 +37,12 @@ def test_every_model_has_exactly_one_family() -> None:
 def test_family_flags() -> None:
     pixel, deep, parcel, ndvi = (family_of(m) for m in ("lightgbm", "convstar", "tempcnn", "ndvi-rule"))
     assert [f.name for f in (pixel, deep, parcel, ndvi)] == ["pixel", "deep", "parcel", "rule"]
-    assert [f.resumable for f in (pixel, deep, parcel, ndvi)] == [False, True, False, False]
+    assert [f.resumable for f in (pixel, deep, parcel, ndvi)] == [
+        False,
+        True,
+        True,
+        False,
+    ]  # deep and parcel: one torch loop
     assert [f.pixel_features for f in (pixel, deep, parcel, ndvi)] == [True, False, False, False]
     assert [f.known_parcels for f in (pixel, deep, parcel, ndvi)] == [False, False, True, False]
     assert ndvi.train is None and all(f.train is not None for f in (pixel, deep, parcel))
@@ -72,3 +77,14 @@ def test_no_module_branches_on_family_lists() -> None:
                     if names & FAMILY_LISTS:
                         offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_one_torch_training_loop() -> None:
+    """Every torch model trains in models/training.py's Trainer: no other module steps an optimiser."""
+    stepping = sorted(
+        str(path.relative_to(ROOT))
+        for folder in ("models", "workflows", "tasks")
+        for path in (ROOT / folder).rglob("*.py")
+        if ".step()" in path.read_text(encoding="utf-8")
+    )
+    assert stepping == ["models/training.py"]
