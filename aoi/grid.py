@@ -449,7 +449,7 @@ def write_grid(grid: gpd.GeoDataFrame, path: str | os.PathLike[str], *, overwrit
     """Write a grid in the format of ``path``'s extension (.gpkg with layer ``grid``, .geojson,
     .fgb, .parquet) under a temporary name renamed into place, so a reader never sees a
     half-written file; an existing ``path`` needs ``overwrite``."""
-    from s2agri.tasks.export import atomic_path
+    from s2agri.tasks.atomic_io import atomic_path
 
     path = Path(path)
     driver, parquet = grid_format(path)

@@ -24,7 +24,7 @@ from scipy import ndimage
 from skimage.measure import label
 
 from . import contract
-from .prediction import feature_array
+from .outputs import feature_array
 
 TARGET_EXTENT = (FeatureType.MASK_TIMELESS, "TARGET_EXTENT")
 TARGET_BOUNDARY = (FeatureType.MASK_TIMELESS, "TARGET_BOUNDARY")

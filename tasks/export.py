@@ -2,16 +2,15 @@
 
 Both are written on the 2.5 m target grid of the EOPatch bbox (upper-left corner = bbox
 ``(minx, maxy)``, CRS of the bbox), to a temporary name in the target folder that is renamed
-atomically (:func:`atomic_path`), so a reader never sees a half-written file.
+atomically (:func:`s2agri.tasks.atomic_io.atomic_path`), so a reader never sees a half-written file.
+``atomic_path``, ``atomic_write_text``, ``target_grid`` and ``GPKG_VERSION`` are re-exported from the
+bottom modules they live in (:mod:`s2agri.tasks.atomic_io`, :mod:`s2agri.tasks.outputs`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -20,74 +19,29 @@ import rasterio
 import rasterio.crs
 from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
-from rasterio.transform import Affine
 
-from . import contract
-from .prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_OBSERVED, PRED_PROBA, box_name, feature_array
+from .atomic_io import atomic_path, atomic_write_text
+from .outputs import (
+    GPKG_VERSION,
+    PRED_CULTIVATED,
+    PRED_MODEL_KEY,
+    PRED_OBSERVED,
+    PRED_PROBA,
+    box_name,
+    feature_array,
+    target_grid,
+)
 
 LOGGER = logging.getLogger(__name__)
 
-#: Side files SQLite/GDAL may leave next to a temporary file when writing fails.
-_SIDECARS = ("-journal", "-wal", "-shm", ".aux.xml")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same suffix); on success rename it to ``path``.
-
-    The rename is ``os.replace`` in the same folder, hence atomic; on error the temporary file
-    (and GDAL/SQLite side files) are removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"folder {path.parent} does not exist: create it first")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        for candidate in (tmp, *(Path(f"{tmp}{side}") for side in _SIDECARS)):
-            candidate.unlink(missing_ok=True)
-        raise
-    for side in _SIDECARS:
-        Path(f"{tmp}{side}").unlink(missing_ok=True)
-
-
-#: GeoPackage version written: 1.2 opens without warnings in GDAL >= 2.2 and QGIS 3.x (GDAL 3.6 and
-#: QGIS 3.22 warn about the 1.4 that newer GDAL writes by default).
-GPKG_VERSION = "1.2"
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`: all of it or nothing, no leftover."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def target_grid(
-    eopatch: EOPatch, shape: tuple[int, int], resolution: float = contract.TARGET_RESOLUTION_M
-) -> tuple[Affine, rasterio.crs.CRS]:
-    """Geo-transform and CRS of a (rows, cols) raster covering the EOPatch bbox.
-
-    A ``ValueError`` is raised when the pixel size is not ``resolution`` metres.
-    """
-    if eopatch.bbox is None:
-        raise ValueError("the EOPatch has no bbox: the output needs its extent and CRS")
-    rows, cols = shape
-    minx, miny = eopatch.bbox.lower_left
-    maxx, maxy = eopatch.bbox.upper_right
-    size_x, size_y = (maxx - minx) / cols, (maxy - miny) / rows
-    if not (
-        np.isclose(size_x, resolution, rtol=0, atol=1e-6)
-        and np.isclose(size_y, resolution, rtol=0, atol=1e-6)
-    ):
-        raise ValueError(
-            f"a {rows}x{cols} raster over the bbox has {size_x:g} x {size_y:g} m pixels, not {resolution:g} m: "
-            "give a raster of 4x the input grid"
-        )
-    transform = Affine(size_x, 0.0, minx, 0.0, -size_y, maxy)
-    return transform, rasterio.crs.CRS.from_epsg(eopatch.bbox.crs.epsg)
+__all__ = [
+    "GPKG_VERSION",
+    "ProbabilityCogTask",
+    "SubmissionTiffTask",
+    "atomic_path",
+    "atomic_write_text",
+    "target_grid",
+]
 
 
 def _single_band(eopatch: EOPatch, feature: Feature) -> np.ndarray:

@@ -37,7 +37,7 @@ from skimage.measure import label
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from .prediction import PRED_BOUNDARY, PRED_CULTIVATED, PRED_DISTANCE, feature_array
+from .outputs import PRED_BOUNDARY, PRED_CULTIVATED, PRED_DISTANCE, feature_array
 
 LOGGER = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ from sentinelhub import CRS, BBox
 
 from . import contract
 from .instances import PRED_INSTANCES
-from .prediction import PRED_CULTIVATED, PRED_PROBA
+from .outputs import PRED_CULTIVATED, PRED_PROBA
 from .vectorise import PARCELS_PRED, VectoriseTask, _polygonal, parcel_ids
 
 LOGGER = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ import shapely
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from .export import atomic_path
+from .atomic_io import atomic_path
 
 LOGGER = logging.getLogger(__name__)
 

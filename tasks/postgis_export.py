@@ -26,6 +26,7 @@ from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
 
 from .errors import S2AgriInputError
+from .outputs import box_name
 from .postgis_db import (
     TableInfo,
     check_identifier,
@@ -38,7 +39,6 @@ from .postgis_db import (
     require_psycopg2,
     server_error,
 )
-from .prediction import box_name
 from .vectorise import PARCELS_PRED
 
 try:  # the 'postgis' extra

@@ -29,7 +29,7 @@ from eolearn.core.types import Feature
 from s2agri.models.inference import predict_tiled_outputs
 from s2agri.tasks.masks import REFLECTANCE, VALID
 from s2agri.tasks.monthly import monthly_inputs
-from s2agri.tasks.prediction import PRED_BOUNDARY, PRED_DISTANCE, feature_array, write_prediction
+from s2agri.tasks.outputs import PRED_BOUNDARY, PRED_DISTANCE, feature_array, write_prediction
 from s2agri.tasks.tensors import PercentileNormaliser, normalised_stack, select_frames
 
 LOGGER = logging.getLogger(__name__)

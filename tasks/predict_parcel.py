@@ -29,7 +29,7 @@ from eolearn.core.types import Feature
 from s2agri.models.parcel import predict_proba
 from s2agri.models.parcel_training import ParcelFeatureScaler
 from s2agri.tasks import contract
-from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA, feature_array, write_prediction
+from s2agri.tasks.outputs import PRED_CULTIVATED, PRED_PROBA, feature_array, write_prediction
 from s2agri.tasks.zonal import (
     DEFAULT_MONTHS,
     PARCEL_STATS,

@@ -44,7 +44,7 @@ from s2agri.models.registry import create_model, model_summary
 from s2agri.models.sampling import STATS5X5, FeatureUpsampler, SampleSet
 
 from . import contract
-from .prediction import feature_array, write_prediction
+from .outputs import feature_array, write_prediction
 
 LOGGER = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
+from .atomic_io import atomic_path
 from .errors import S2AgriInputError
-from .export import GPKG_VERSION, atomic_path
+from .outputs import GPKG_VERSION
 
 LOGGER = logging.getLogger(__name__)
 

@@ -22,9 +22,17 @@ from eolearn.core.types import Feature
 from scipy import ndimage
 from skimage.measure import label
 
-from .export import GPKG_VERSION, atomic_path, target_grid
+from .atomic_io import atomic_path
 from .instances import PRED_INSTANCES
-from .prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA, box_name, feature_array
+from .outputs import (
+    GPKG_VERSION,
+    PRED_CULTIVATED,
+    PRED_MODEL_KEY,
+    PRED_PROBA,
+    box_name,
+    feature_array,
+    target_grid,
+)
 
 LOGGER = logging.getLogger(__name__)
 

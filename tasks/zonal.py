@@ -59,7 +59,7 @@ from sentinelhub import BBox
 
 from . import contract
 from .masks import REFLECTANCE, VALID
-from .prediction import feature_array
+from .outputs import feature_array
 
 LOGGER = logging.getLogger(__name__)
 
