@@ -8,7 +8,7 @@ the SAME network (the groups are folded into the batch: shared weights by constr
   "32 filters on the first and last layers"), a double 3x3 conv per level, 2x2 max pooling down,
   nearest x2 up-sampling (Keras ``UpSampling2D``) concatenated with the skip, a double 3x3 conv;
 * in parallel, the pixel-wise path of 1x1 convs with 200, 100, 50 filters, each + ReLU
-  (sec. 3.2.2, :class:`s2agri.models.pixel.PointwiseMLP`).
+  (sec. 3.2.2, :class:`s2agri.models.pixel_nets.PointwiseMLP`).
 
 Their outputs (w + 50 channels per group) are concatenated over the two paths and the G groups
 and fused by a linear 1x1 conv. The seed's classifier is that 1x1 conv to its 17 classes, at 10 m;
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 (torch convention)
 
 from .gcnn import parse_widths
-from .pixel import PAPER_HIDDEN, PointwiseMLP, check_series, fold_groups
+from .pixel_nets import PAPER_HIDDEN, PointwiseMLP, check_series, fold_groups
 from .registry import register_model
 from .unet import DoubleConv
 

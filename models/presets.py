@@ -16,7 +16,7 @@ PRESETS: tuple[str, ...] = ("cpu", "paper")
 
 def paper_configs() -> dict[str, dict[str, Any]]:
     """Model name -> constructor arguments of the seed's configuration (imports the model modules)."""
-    from . import deeplab, fgunet, parcel, pixel, recurrent, spinet, unet
+    from . import deeplab, fgunet, parcel, pixel_nets, recurrent, spinet, unet
 
     return {
         "gcnn": {},
@@ -27,8 +27,8 @@ def paper_configs() -> dict[str, dict[str, Any]]:
         "spinet-nomrf": dict(spinet.PAPER_CONFIG),
         "fg-unet": dict(fgunet.PAPER_CONFIG),
         "deeplab": dict(deeplab.PAPER_CONFIG),
-        "mlp": dict(pixel.MLP_PAPER_CONFIG),
-        "lstm": dict(pixel.LSTM_PAPER_CONFIG),
+        "mlp": dict(pixel_nets.MLP_PAPER_CONFIG),
+        "lstm": dict(pixel_nets.LSTM_PAPER_CONFIG),
         "convlstm": dict(recurrent.PAPER_CONFIG),
         "convstar": dict(recurrent.PAPER_CONFIG),
         **{name: dict(config) for name, config in parcel.PAPER_CONFIGS.items()},

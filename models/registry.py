@@ -22,7 +22,7 @@ BUILTIN_MODULES: list[str] = [
     "s2agri.models.baselines",
     "s2agri.models.gcnn",
     "s2agri.models.unet",
-    "s2agri.models.pixel",
+    "s2agri.models.pixel_nets",
     "s2agri.models.fgunet",
     "s2agri.models.parcel",
     "s2agri.models.spinet",

@@ -11,7 +11,7 @@ from model_checks import overfit_losses, series
 from torch.nn import functional as F  # noqa: N812 (torch convention)
 
 from s2agri.models.inference import predict_tiled
-from s2agri.models.pixel import (
+from s2agri.models.pixel_nets import (
     LSTM_PAPER_CONFIG,
     MLP_PAPER_CONFIG,
     PAPER_CONFIG,
