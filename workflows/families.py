@@ -53,6 +53,10 @@ class ModelFamily:
     prediction_tasks: Callable[[TrainedModel, MappingConfig], list[EOTask]]
     #: ``(name, checkpoint path, card) -> TrainedModel`` for ``.pt`` checkpoints; None: the registry's loader
     load_checkpoint: Callable[[str, Path, dict[str, Any]], TrainedModel] | None = None
+    #: the config the model owns: sections (``features``) or ``section.key`` settings (``deep.months``)
+    #: it was trained on; ``predict`` uses the model's, and a ``--config`` that sets them otherwise is
+    #: an input error naming both values
+    model_inputs: tuple[str, ...] = ("masks",)
 
 
 def _train_pixel(
@@ -163,6 +167,7 @@ FAMILIES: dict[str, ModelFamily] = {
         train=_train_pixel,
         summary=_pixel_summary,
         prediction_tasks=_prediction("pixel"),
+        model_inputs=("masks", "features"),
     ),
     "deep": ModelFamily(
         "deep",
@@ -173,6 +178,7 @@ FAMILIES: dict[str, ModelFamily] = {
         summary=_deep_summary,
         prediction_tasks=_prediction("deep"),
         load_checkpoint=_load_deep,
+        model_inputs=("masks", "deep.n_frames", "deep.all_frames", "deep.inputs", "deep.months"),
     ),
     "parcel": ModelFamily(
         "parcel",
@@ -183,6 +189,7 @@ FAMILIES: dict[str, ModelFamily] = {
         summary=_parcel_summary,
         prediction_tasks=_prediction("parcel"),
         load_checkpoint=_load_parcel,
+        model_inputs=("masks", "parcel.steps", "parcel.buffer_m", "deep.months"),
     ),
     "rule": ModelFamily(
         "rule",

@@ -185,41 +185,45 @@ def load_parcel_checkpoint(name: str, path: Path, card: dict[str, Any]) -> Train
     return TrainedModel(name, model, card, parcel=parcel)
 
 
-#: Config sections a trained model owns: it was fitted on exactly these inputs, so prediction uses them.
-MODEL_INPUT_SECTIONS: tuple[str, ...] = ("masks", "features")
-
-
 def with_model_inputs(
     trained: TrainedModel, config: MappingConfig, explicit: Mapping[str, Any] | None = None
 ) -> MappingConfig:
-    """``config`` with the input sections (:data:`MODEL_INPUT_SECTIONS`) the model was trained with and,
-    when ``predict.threshold`` is unset, the threshold the model chose.
+    """``config`` with the inputs the model was trained with (its family's ``model_inputs``: whole
+    sections such as ``features``, or single settings such as ``deep.months``) and, when
+    ``predict.threshold`` is unset, the threshold the model chose.
 
-    ``explicit`` is what the user's config file said: a section it names that differs from the model's
-    is an input error naming both values (a model computes wrong maps from other features).
+    ``explicit`` is what the user's config file said: an input it sets otherwise than the model is an
+    input error naming both values (a model computes wrong maps from other inputs).
     """
     from s2agri.workflows.config import MappingConfig, validation_problems
 
     trained_config = trained.card.get("config") or {}
-    updates: dict[str, Any] = {}
-    for section in MODEL_INPUT_SECTIONS:
+    sections: dict[str, Any] = {}
+    for entry in trained.family.model_inputs:
+        section, _, key = entry.partition(".")
         if section not in trained_config:
             continue
         try:
-            own = getattr(MappingConfig.model_validate({section: trained_config[section]}), section)
+            own_section = getattr(MappingConfig.model_validate({section: trained_config[section]}), section)
         except ValidationError as exc:
             raise S2AgriInputError(
                 f"the card of {trained.name} holds an invalid {section} section ({validation_problems(exc)}): "
                 "train the model again"
             ) from exc
-        given = getattr(config, section)
-        if explicit is not None and section in explicit and given != own:
+        given_section = sections.get(section, getattr(config, section))
+        own = getattr(own_section, key) if key else own_section
+        given = getattr(given_section, key) if key else given_section
+        stated = explicit is not None and section in explicit
+        if stated and key:
+            stated = isinstance(explicit[section], Mapping) and key in explicit[section]
+        if stated and given != own:
+            shown = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in (given, own)]
             raise S2AgriInputError(
-                f"--config {section} is {given.model_dump(mode='json')} but model {trained.name} was trained "
-                f"with {section} {own.model_dump(mode='json')}: drop the {section} section (the model's is used) "
-                "or train a model with yours"
+                f"--config {entry} is {shown[0]} but model {trained.name} was trained with {entry} {shown[1]}: "
+                f"drop {entry} from the config (the model's is used) or train a model with yours"
             )
-        updates[section] = own
+        sections[section] = given_section.model_copy(update={key: own}) if key else own
+    updates: dict[str, Any] = dict(sections)
     threshold = trained.card.get("threshold")
     if config.predict.threshold is None and threshold is not None:
         updates["predict"] = config.predict.model_copy(update={"threshold": float(threshold)})

@@ -143,7 +143,7 @@ def test_monthly_model_input_is_the_normalised_medians(region: Path) -> None:
         model_input(reflectance, valid, normaliser, 6, months=months)
 
 
-def test_deeplab_on_monthly_medians_one_group_per_month(region: Path, tmp_path: Path) -> None:
+def test_deeplab_on_monthly_medians_one_group_per_month(region: Path, tmp_path: Path, capsys) -> None:
     """deep.inputs monthly with a frame model: trained and predicted on the 6 monthly medians."""
     config = {
         "train": {"model": "deeplab", "params": {**TINY["deeplab"], "temporal_groups": 6}},
@@ -171,6 +171,28 @@ def test_deeplab_on_monthly_medians_one_group_per_month(region: Path, tmp_path: 
     )
     proba = EOPatch.load(str(run / "eopatches" / "box-002"))[PRED_PROBA]
     assert proba.shape == (160, 160, 1) and np.isfinite(proba).all()
+
+    # the model owns its inputs: a --config that feeds it frames is refused, naming both values; the
+    # pixel features section is not a deep model's input, so it may say anything
+    box = str(region / "eopatches" / "box-002")
+    frames = tmp_path / "frames.yaml"
+    frames.write_text("deep: {inputs: frames, tile: 32}\n")
+    code = cli.main(
+        ["predict", box, "--model", str(model), "--out", str(tmp_path / "r2"), "--config", str(frames)]
+    )
+    err = capsys.readouterr().err
+    assert (
+        code == 2
+        and "--config deep.inputs is frames but model deeplab was trained with deep.inputs monthly" in err
+    )
+    other = tmp_path / "features.yaml"
+    other.write_text("features: {kind: stats5x5}\ndeep: {tile: 32}\n")
+    assert (
+        cli.main(
+            ["predict", box, "--model", str(model), "--out", str(tmp_path / "r3"), "--config", str(other)]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
