@@ -213,9 +213,10 @@ def with_model_inputs(
         given_section = sections.get(section, getattr(config, section))
         own = getattr(own_section, key) if key else own_section
         given = getattr(given_section, key) if key else given_section
+        stated_section = None if explicit is None else explicit.get(section)
         stated = explicit is not None and section in explicit
-        if stated and key:
-            stated = isinstance(explicit[section], Mapping) and key in explicit[section]
+        if key:
+            stated = isinstance(stated_section, Mapping) and key in stated_section
         if stated and given != own:
             shown = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in (given, own)]
             raise S2AgriInputError(
