@@ -10,8 +10,10 @@ imported on the first lookup so that ``import s2agri.models.registry`` stays che
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +85,45 @@ def get_constructor(name: str) -> Callable[..., Any]:
         raise ValueError(
             f"unknown model {name!r}: available models are {', '.join(available_models())}"
         ) from None
+
+
+def _constructor_signature(constructor: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
+    """``({name: type hint}, takes **kwargs)`` of a constructor's keyword arguments (classes: ``__init__``)."""
+    function = constructor.__init__ if inspect.isclass(constructor) else constructor  # type: ignore[misc]
+    hints = typing.get_type_hints(function)
+    named: dict[str, Any] = {}
+    var_keyword = False
+    for parameter in inspect.signature(constructor).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            var_keyword = True
+        elif parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            named[parameter.name] = hints.get(parameter.name, Any)
+    return named, var_keyword
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> None:
+    """``ValueError`` (one line) when ``params`` are not keyword arguments of model ``name``'s
+    constructor, or a value does not fit the argument's type; a constructor that takes ``**kwargs``
+    (LightGBM: any LightGBM parameter) accepts other names."""
+    from pydantic import TypeAdapter, ValidationError
+
+    named, var_keyword = _constructor_signature(get_constructor(name))
+    unknown = sorted(set(params) - set(named))
+    if unknown and not var_keyword:
+        raise ValueError(f"{', '.join(unknown)} are not arguments of {name}: use {', '.join(sorted(named))}")
+    for key, value in params.items():
+        if key not in named:
+            continue
+        hint = named[key]
+        fits = not (isinstance(value, bool) and hint in (int, float))  # True is an int to Python
+        if fits:
+            try:  # strict: no "3" -> 3 coercion; a float argument takes ints
+                TypeAdapter(hint).validate_python(value, strict=hint is not float)
+            except ValidationError:
+                fits = False
+        if not fits:
+            shown = getattr(hint, "__name__", str(hint))
+            raise ValueError(f"{key}={value!r} does not fit {name}'s argument {key} ({shown})")
 
 
 def create_model(name: str, **kwargs: Any) -> Any:

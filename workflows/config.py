@@ -121,6 +121,16 @@ class TrainConfig(_Strict):
     )
     seed: int = Field(0, ge=0)
 
+    @model_validator(mode="after")
+    def _params_fit_the_model(self) -> TrainConfig:
+        """``params`` must be keyword arguments of the model's constructor, of their types (checked
+        against the registry; the model modules are imported only when ``params`` are given)."""
+        if self.params:
+            from s2agri.models.registry import check_params
+
+            check_params(self.model, self.params)
+        return self
+
 
 #: The deep models' training recipe on CPU: random patches (``deep.samples_per_epoch``), the 8 dihedral
 #: augmentations, AdamW with a cosine schedule after a one-epoch warm-up, gradient clipping, class

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from eolearn.core import EOPatch
+from pydantic import ValidationError
 
 from s2agri.models.presets import paper_configs, preset_kwargs
 from s2agri.models.registry import create_model
@@ -102,9 +103,17 @@ def test_model_kwargs_merge_preset_params_and_steps() -> None:
     config = MappingConfig.model_validate({"train": {"model": "mlp"}, "deep": {"all_frames": True}})
     with pytest.raises(S2AgriInputError, match=r"needs a fixed deep\.n_frames"):
         frames_for(config)
-    config = MappingConfig.model_validate({"train": {"model": "deeplab", "params": {"widht": 8}}})
-    with pytest.raises(S2AgriInputError, match=r"train\.params widht are not arguments of deeplab"):
-        model_kwargs(config, 20)
+    # train.params are checked against the constructor when the config is read
+    with pytest.raises(ValidationError, match=r"widht are not arguments of deeplab: use .*temporal_groups"):
+        MappingConfig.model_validate({"train": {"model": "deeplab", "params": {"widht": 8}}})
+    with pytest.raises(ValidationError, match=r"temporal_groups='4' does not fit deeplab's argument"):
+        MappingConfig.model_validate({"train": {"model": "deeplab", "params": {"temporal_groups": "4"}}})
+    # LightGBM passes other names on to LightGBM; its own arguments are typed
+    assert MappingConfig.model_validate({"train": {"params": {"max_depth": 4}}}).train.params == {
+        "max_depth": 4
+    }
+    with pytest.raises(ValidationError, match=r"n_estimators=True does not fit lightgbm's argument"):
+        MappingConfig.model_validate({"train": {"params": {"n_estimators": True}}})
     config = MappingConfig.model_validate({"train": {"model": "lstm", "params": {"n_frames": 7}}})
     with pytest.raises(S2AgriInputError, match=r"set deep\.n_frames instead"):
         model_kwargs(config, 20)
