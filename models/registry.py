@@ -89,7 +89,7 @@ def get_constructor(name: str) -> Callable[..., Any]:
 
 def _constructor_signature(constructor: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
     """``({name: type hint}, takes **kwargs)`` of a constructor's keyword arguments (classes: ``__init__``)."""
-    function = constructor.__init__ if inspect.isclass(constructor) else constructor  # type: ignore[misc]
+    function = constructor.__init__ if inspect.isclass(constructor) else constructor
     hints = typing.get_type_hints(function)
     named: dict[str, Any] = {}
     var_keyword = False
