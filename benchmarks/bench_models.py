@@ -235,6 +235,13 @@ def entry_of(name: str, card: dict | None, timing: dict, rows: list[dict], extra
         entry["sampling_seconds"] = card["sampling_seconds"]
     if "patches" in card:
         entry["patches"] = card["patches"]
+        batch = card["config"]["deep"]["trainer"]["batch_size"]
+        per_epoch = -(-card["patches"]["train_per_epoch"] // batch)  # ceil: the last batch may be short
+        entry["optimizer_steps"] = {
+            "per_epoch": per_epoch,
+            "total": per_epoch * card["epochs"],
+            "batch_size": batch,
+        }
     if "parcels" in card:
         entry["parcels"] = card["parcels"]
     return entry
@@ -245,9 +252,9 @@ def markdown_table(entries: dict[str, dict], ranking: list[str]) -> str:
     head = (
         "| model | wMCC | wMCC mean ± std | MCC Full / Mask | F1 Full / Mask | Acc Full / Mask "
         "| small parcels MCC / recall | large parcels MCC / recall | 10 m map wMCC | 2.5 m gain "
-        "| params | size MB | train s (epochs) | s/box |"
+        "| params | size MB | budget s | train s (epochs) | s/box |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for name in ranking:
         e = entries[name]
         p, m, s = e["pooled"], e["mean"], e["std"]
@@ -255,13 +262,16 @@ def markdown_table(entries: dict[str, dict], ranking: list[str]) -> str:
         train_s = e.get("train_wall_seconds") or e.get("fit_seconds")
         epochs = f" ({e['epochs']})" if "epochs" in e else ""
         train_text = "-" if train_s is None else f"{train_s:.0f}{epochs}"
+        # deep rows: the run's training budget (rows without one come from the 200 s run)
+        budget = e.get("budget", {}).get("train_budget_s", TRAIN_BUDGET_S) if "epochs" in e else None
+        budget_text = "-" if budget is None else f"{budget:.0f}"
         lines.append(
             f"| {name} | **{p['weighted_mcc']:.3f}** | {m['weighted_mcc']:.3f} ± {s['weighted_mcc']:.3f} "
             f"| {p['mcc_full']:.3f} / {p['mcc_mask']:.3f} | {p['f1_full']:.3f} / {p['f1_mask']:.3f} "
             f"| {p['acc_full']:.3f} / {p['acc_mask']:.3f} | {small['mcc']:.3f} / {small['recall']:.3f} "
             f"| {large['mcc']:.3f} / {large['recall']:.3f} | {e['map_10m']['weighted_mcc']:.3f} "
             f"| {e['gain_2p5m_over_10m']['weighted_mcc']:+.3f} | {e['n_parameters']:,} "
-            f"| {e['serialized_bytes'] / 1e6:.2f} | {train_text} | {e['inference_seconds_mean']:.1f} |"
+            f"| {e['serialized_bytes'] / 1e6:.2f} | {budget_text} | {train_text} | {e['inference_seconds_mean']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
