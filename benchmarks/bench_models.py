@@ -263,7 +263,7 @@ def markdown_table(entries: dict[str, dict], ranking: list[str]) -> str:
         epochs = f" ({e['epochs']})" if "epochs" in e else ""
         train_text = "-" if train_s is None else f"{train_s:.0f}{epochs}"
         # deep rows: the run's training budget (rows without one come from the 200 s run)
-        budget = e.get("budget", {}).get("train_budget_s", TRAIN_BUDGET_S) if "epochs" in e else None
+        budget = e.get("budget", {}).get("train_budget_s", TRAIN_BUDGET_S) if "patches" in e else None
         budget_text = "-" if budget is None else f"{budget:.0f}"
         lines.append(
             f"| {name} | **{p['weighted_mcc']:.3f}** | {m['weighted_mcc']:.3f} ± {s['weighted_mcc']:.3f} "
