@@ -17,6 +17,7 @@ on lists of model names: :func:`family_of` gives the family of a model name.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,36 +73,31 @@ def _train_pixel(
     return train_model(boxes, config, folder, config.workers)
 
 
-def _train_deep(
-    boxes: Sequence[Path],
-    config: MappingConfig,
-    folder: Path,
-    *,
-    checkpoints: Path | None = None,
-    resume: bool = False,
-) -> dict[str, Any]:
-    from s2agri.workflows.config import dump_config
-    from s2agri.workflows.train_deep import train_deep_model
+def _train_in_epochs(module: str, function: str) -> Trainer:
+    """The ``train`` of a family trained in epochs by the torch Trainer (``module.function``, imported
+    when called): checkpoints and ``resume`` passed on, the resolved config saved with the model."""
 
-    card = train_deep_model(boxes, config, folder, checkpoints=checkpoints, resume=resume)
-    dump_config(config, folder / "config.json")
-    return card
+    def train(
+        boxes: Sequence[Path],
+        config: MappingConfig,
+        folder: Path,
+        *,
+        checkpoints: Path | None = None,
+        resume: bool = False,
+    ) -> dict[str, Any]:
+        from s2agri.workflows.config import dump_config
+
+        train_fn = getattr(importlib.import_module(module), function)
+        card: dict[str, Any] = train_fn(boxes, config, folder, checkpoints=checkpoints, resume=resume)
+        dump_config(config, folder / "config.json")
+        return card
+
+    train.__name__ = function
+    return train
 
 
-def _train_parcel(
-    boxes: Sequence[Path],
-    config: MappingConfig,
-    folder: Path,
-    *,
-    checkpoints: Path | None = None,
-    resume: bool = False,
-) -> dict[str, Any]:
-    from s2agri.workflows.config import dump_config
-    from s2agri.workflows.train_parcel import train_parcel_model
-
-    card = train_parcel_model(boxes, config, folder, checkpoints=checkpoints, resume=resume)
-    dump_config(config, folder / "config.json")
-    return card
+_train_deep = _train_in_epochs("s2agri.workflows.train_deep", "train_deep_model")
+_train_parcel = _train_in_epochs("s2agri.workflows.train_parcel", "train_parcel_model")
 
 
 def _pixel_summary(card: dict[str, Any]) -> str:

@@ -271,6 +271,43 @@ def resume_config(checkpoint: Path, config: MappingConfig, explicit: bool) -> Ma
     )
 
 
+def start_trainer(
+    name: str,
+    kwargs: dict[str, Any],
+    trainer_config: TrainerConfig,
+    folder: Path,
+    box_names: dict[str, list[str]],
+    *,
+    checkpoints: Path | None = None,
+    resume: bool = False,
+) -> Trainer:
+    """The :class:`Trainer` of a ``train`` run of any torch model: a new one writing to ``checkpoints``
+    (default ``folder/training``), or with ``resume`` the run whose ``last.pt`` is there, which must
+    have been trained on the same ``box_names`` (stored with its checkpoints)."""
+    run_dir = folder / TRAINING if checkpoints is None else checkpoints
+    if resume:
+        trainer = Trainer.resume(run_dir / LAST_CHECKPOINT, run_dir, config=trainer_config)
+        stored = {key: trainer.extra.get(key) for key in box_names}
+        if stored != box_names:
+            raise S2AgriInputError(
+                f"--resume: the run in {run_dir} was trained on {stored['training_boxes']} (validation "
+                f"{stored['validation_boxes']}), not on these boxes: give the same boxes or train without --resume"
+            )
+        return trainer
+    try:
+        return Trainer.build(name, kwargs, trainer_config, out_dir=run_dir, overwrite=checkpoints is not None)
+    except (TypeError, ValueError) as exc:
+        raise S2AgriInputError(f"train.params do not fit model {name} ({exc}): check the values") from exc
+
+
+def publish_checkpoints(trainer: Trainer, folder: Path) -> None:
+    """Copy a finished run's checkpoints into ``folder/training`` (when they were written elsewhere)
+    and its best checkpoint to ``folder/model.pt``."""
+    if trainer.out_dir != folder / TRAINING:
+        shutil.copytree(trainer.out_dir, folder / TRAINING, dirs_exist_ok=True)
+    shutil.copyfile(folder / TRAINING / BEST_CHECKPOINT, folder / MODEL_FILE)
+
+
 def train_deep_model(
     boxes: Sequence[Path],
     config: MappingConfig,
@@ -318,20 +355,10 @@ def train_deep_model(
     trainer_config = deep.trainer.model_copy(update={"seed": seed})
     if deep.class_balance and trainer_config.pos_weight is None:
         trainer_config = trainer_config.model_copy(update={"pos_weight": class_balance_weight(train)})
-    run_dir = folder / TRAINING if checkpoints is None else checkpoints
     box_names = {"training_boxes": [b.name for b in train], "validation_boxes": [b.name for b in val]}
-    if resume:
-        trainer = Trainer.resume(run_dir / LAST_CHECKPOINT, run_dir, config=trainer_config)
-        stored = {key: trainer.extra.get(key) for key in box_names}
-        if stored != box_names:
-            raise S2AgriInputError(
-                f"--resume: the run in {run_dir} was trained on {stored['training_boxes']} (validation "
-                f"{stored['validation_boxes']}), not on these boxes: give the same boxes or train without --resume"
-            )
-    else:
-        trainer = Trainer.build(
-            config.train.model, kwargs, trainer_config, out_dir=run_dir, overwrite=checkpoints is not None
-        )
+    trainer = start_trainer(
+        config.train.model, kwargs, trainer_config, folder, box_names, checkpoints=checkpoints, resume=resume
+    )
     history = trainer.fit(
         _loader(train_set, batch, True, seed),
         _loader(val_set, batch, False, seed),
@@ -344,9 +371,7 @@ def train_deep_model(
         },
     )
     train_seconds = time.perf_counter() - start
-    if checkpoints is not None:
-        shutil.copytree(run_dir, folder / TRAINING, dirs_exist_ok=True)
-    shutil.copyfile(folder / TRAINING / BEST_CHECKPOINT, folder / MODEL_FILE)
+    publish_checkpoints(trainer, folder)
     threshold, threshold_selection = chosen_threshold(history, trainer_config, config, val)
     best = next(row for row in history.epochs if row["epoch"] == history.best_epoch)
     model = trainer.model

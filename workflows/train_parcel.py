@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,13 +30,11 @@ import numpy as np
 import torch
 from eolearn.core import EOPatch, EOTask
 
-from s2agri.models.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT
 from s2agri.models.datasets import split_boxes
 from s2agri.models.names import PARCEL_MODELS, family_name
 from s2agri.models.parcel_training import ParcelFeatureScaler, parcel_loaders, parcel_trainer_config
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import create_model, get_constructor
-from s2agri.models.training import Trainer
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.predict_parcel import observed, parcel_series
@@ -46,12 +43,16 @@ from s2agri.workflows.config import MappingConfig
 from s2agri.workflows.mapping import feature_tasks, parcel_tasks
 from s2agri.workflows.model_store import save_card
 from s2agri.workflows.runs import preflight
-from s2agri.workflows.train_deep import score_box_predictions, weights_bytes
+from s2agri.workflows.train_deep import (
+    MODEL_FILE,
+    publish_checkpoints,
+    score_box_predictions,
+    start_trainer,
+    weights_bytes,
+)
 
 LOGGER = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
-TRAINING = "training"
 #: Keys a parcel model checkpoint (``model.pt``, the trainer's ``best.pt``) holds besides the trainer's.
 CHECKPOINT_KEYS: tuple[str, ...] = (
     "model_name",
@@ -234,23 +235,10 @@ def train_parcel_model(
         scaler.apply(x_train), y_train, w_train, scaler.apply(x_val), y_val, w_val,
         batch_size=parcel.batch_size, seed=seed, doy_train=doy_train, doy_val=doy_val,
     )  # fmt: skip
-    run_dir = folder / TRAINING if checkpoints is None else checkpoints
     box_names = {"training_boxes": [b.name for b in train], "validation_boxes": [b.name for b in val]}
-    if resume:
-        trainer = Trainer.resume(run_dir / LAST_CHECKPOINT, run_dir, config=trainer_config)
-        stored = {key: trainer.extra.get(key) for key in box_names}
-        if stored != box_names:
-            raise S2AgriInputError(
-                f"--resume: the run in {run_dir} was trained on {stored['training_boxes']} (validation "
-                f"{stored['validation_boxes']}), not on these boxes: give the same boxes or train without --resume"
-            )
-    else:
-        try:
-            trainer = Trainer.build(
-                name, kwargs, trainer_config, out_dir=run_dir, overwrite=checkpoints is not None
-            )
-        except (TypeError, ValueError) as exc:
-            raise S2AgriInputError(f"train.params do not fit model {name} ({exc}): check the values") from exc
+    trainer = start_trainer(
+        name, kwargs, trainer_config, folder, box_names, checkpoints=checkpoints, resume=resume
+    )
     history = trainer.fit(
         train_batches,
         val_batches,
@@ -264,9 +252,7 @@ def train_parcel_model(
         },
     )
     train_seconds = time.perf_counter() - start
-    if checkpoints is not None:
-        shutil.copytree(run_dir, folder / TRAINING, dirs_exist_ok=True)
-    shutil.copyfile(folder / TRAINING / BEST_CHECKPOINT, folder / MODEL_FILE)
+    publish_checkpoints(trainer, folder)
     model, _ = load_parcel_checkpoint(folder / MODEL_FILE)
     checks = validate_parcel_boxes(model, scaler, val, config)
     best = history.best_row
