@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from s2agri.models.names import (  # noqa: F401 (re-exported)
     DEEP_MODELS,
@@ -19,6 +30,7 @@ from s2agri.models.names import (  # noqa: F401 (re-exported)
     PARCEL_MODELS,
     PIXEL_MODELS,
     TRAINABLE_MODELS,
+    family_name,
 )
 from s2agri.models.trainer_config import TrainerConfig
 from s2agri.tasks.errors import S2AgriInputError
@@ -91,10 +103,10 @@ class FeatureConfig(_Strict):
 ModelName = Literal[TRAINABLE_MODELS]  # type: ignore[valid-type]
 
 
-class TrainConfig(_Strict):
-    """Pixel sampling and fitting."""
+class _TrainBase(_Strict):
+    """What every trainable model takes: its name, size preset, constructor arguments and seed."""
 
-    model: ModelName = "lightgbm"
+    model: str  # each family narrows it to its models
     preset: Literal["cpu", "paper"] = Field(
         "cpu",
         description="model size: 'cpu' (the registry defaults, CPU-feasible) or 'paper' (the seed's "
@@ -102,6 +114,27 @@ class TrainConfig(_Strict):
     )
     params: dict[str, float | int | str | bool] = Field(
         default_factory=dict, description="model keyword arguments (constructor of the registry model)"
+    )
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _params_fit_the_model(self) -> _TrainBase:
+        """``params`` must be keyword arguments of the model's constructor, of their types (checked
+        against the registry; the model modules are imported only when ``params`` are given)."""
+        if self.params:
+            from s2agri.models.registry import check_params
+
+            check_params(self.model, self.params)
+        return self
+
+
+class PixelTrainConfig(_TrainBase):
+    """Pixel classifiers (LightGBM, random forest): pixel sampling and fitting."""
+
+    model: Literal[PIXEL_MODELS] = Field(  # type: ignore[valid-type]
+        "lightgbm",
+        description="the model; its family gives this section's keys: the pixel models (lightgbm, "
+        "random-forest) take the sampling keys below, deep and parcel models only model, preset, params, seed",
     )
     samples_per_box: int = Field(20_000, ge=100, le=2_000_000)
     max_samples: int = Field(
@@ -116,20 +149,93 @@ class TrainConfig(_Strict):
         0.25,
         ge=0.0,
         lt=1.0,
-        description="pixel models: fraction of the training boxes held out to choose the decision threshold "
+        description="fraction of the training boxes held out to choose the decision threshold "
         "on weighted MCC (then the model is refitted on every box); 0 keeps predict.threshold",
     )
-    seed: int = Field(0, ge=0)
 
-    @model_validator(mode="after")
-    def _params_fit_the_model(self) -> TrainConfig:
-        """``params`` must be keyword arguments of the model's constructor, of their types (checked
-        against the registry; the model modules are imported only when ``params`` are given)."""
-        if self.params:
-            from s2agri.models.registry import check_params
 
-            check_params(self.model, self.params)
-        return self
+class DeepTrainConfig(_TrainBase):
+    """Torch segmenters: the training recipe is the ``deep`` section."""
+
+    model: Literal[DEEP_MODELS]  # type: ignore[valid-type]
+
+
+class ParcelTrainConfig(_TrainBase):
+    """Parcel classifiers: the training recipe is the ``parcel`` section."""
+
+    model: Literal[PARCEL_MODELS]  # type: ignore[valid-type]
+
+
+#: The ``train`` schema of every trainable family (the ``rule`` family is not trained).
+TRAIN_CONFIGS: dict[str, type[_TrainBase]] = {
+    "pixel": PixelTrainConfig,
+    "deep": DeepTrainConfig,
+    "parcel": ParcelTrainConfig,
+}
+#: Keys only the pixel family's ``train`` takes (configs dumped before the split hold them for all).
+PIXEL_ONLY_KEYS: tuple[str, ...] = tuple(
+    name for name in PixelTrainConfig.model_fields if name not in _TrainBase.model_fields and name != "model"
+)
+
+
+def _train_family(value: Any) -> str | None:
+    """The family tag of a ``train`` section (a mapping or a model); ``None`` for an unknown model."""
+    model = value.get("model", "lightgbm") if isinstance(value, dict) else getattr(value, "model", None)
+    try:
+        return family_name(str(model))
+    except ValueError:
+        return None
+
+
+def _without_unused_pixel_keys(value: Any, info: ValidationInfo) -> Any:
+    """A ``train`` mapping of a non-pixel model without the pixel-only keys that change nothing.
+
+    Configs dumped before ``train`` became one schema per family hold the pixel keys for every model:
+    keys at their default are dropped; another value is an error naming the key (it never had an
+    effect on this model). Stored configs of trained models (``context={"stored": True}``) drop them all.
+    """
+    family = _train_family(value)
+    if not isinstance(value, dict) or family in (None, "pixel"):
+        return value
+    stored = bool(info.context and info.context.get("stored"))
+    defaults = PixelTrainConfig.model_fields
+    kept = {}
+    for key, item in value.items():
+        if key not in PIXEL_ONLY_KEYS:
+            kept[key] = item
+        elif not stored and item != defaults[key].default:
+            raise ValueError(
+                f"{key} is a setting of the pixel models ({', '.join(PIXEL_MODELS)}); "
+                f"{family} model {value.get('model')} does not use it: remove it"
+            )
+    return kept
+
+
+#: ``train``: one schema per model family, chosen by ``train.model``.
+TrainConfig = Annotated[
+    Annotated[
+        Annotated[PixelTrainConfig, Tag("pixel")]
+        | Annotated[DeepTrainConfig, Tag("deep")]
+        | Annotated[ParcelTrainConfig, Tag("parcel")],
+        Discriminator(
+            _train_family,
+            custom_error_type="unknown_model",
+            custom_error_message=f"train.model must be one of {', '.join(TRAINABLE_MODELS)}",
+        ),
+    ],
+    BeforeValidator(_without_unused_pixel_keys),
+]
+
+
+def train_for_model(train: _TrainBase, model: str | None = None, preset: str | None = None) -> _TrainBase:
+    """``train`` for another ``model`` (and/or ``preset``), in that model's family schema: the shared
+    keys are kept, pixel-only keys at their defaults are dropped (a set one is a ``ValueError``)."""
+    data = train.model_dump()
+    if model is not None:
+        data["model"] = model
+    if preset is not None:
+        data["preset"] = preset
+    return MappingConfig.model_validate({"train": data}).train
 
 
 #: The deep models' training recipe on CPU: random patches (``deep.samples_per_epoch``), the 8 dihedral
@@ -307,7 +413,7 @@ class MappingConfig(_Strict):
 
     masks: MaskConfig = MaskConfig()
     features: FeatureConfig = FeatureConfig()
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = PixelTrainConfig()
     deep: DeepConfig = DeepConfig()
     parcel: ParcelConfig = ParcelConfig()
     predict: PredictConfig = PredictConfig()
@@ -316,9 +422,26 @@ class MappingConfig(_Strict):
     workers: int = Field(1, ge=1, description="parallel boxes (eo-learn EOExecutor processes)")
 
 
+def pixel_training(config: MappingConfig) -> PixelTrainConfig:
+    """The ``train`` section of a pixel model's config (sampling and fitting settings)."""
+    if not isinstance(config.train, PixelTrainConfig):
+        raise ValueError(
+            f"model {config.train.model} is not a pixel model: it has no pixel sampling settings"
+        )
+    return config.train
+
+
 def validation_problems(exc: ValidationError, root: str = "config") -> str:
-    """pydantic's errors as one line: ``key.path: message; ...``."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or root}: {e['msg']}" for e in exc.errors())
+    """pydantic's errors as one line: ``key.path: message; ...`` (without the family tag pydantic puts
+    after ``train``: ``train.seed``, not ``train.pixel.seed``)."""
+
+    def path(loc: tuple[int | str, ...]) -> str:
+        parts = [
+            part for i, part in enumerate(loc) if not (i and loc[i - 1] == "train" and part in TRAIN_CONFIGS)
+        ]
+        return ".".join(map(str, parts)) or root
+
+    return "; ".join(f"{path(e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 def read_config_mapping(path: str | Path) -> dict:

@@ -27,6 +27,7 @@ from s2agri.models.names import family_name
 
 if TYPE_CHECKING:
     from eolearn.core import EOTask
+    from pydantic import BaseModel
 
     from s2agri.workflows.config import MappingConfig
     from s2agri.workflows.model_store import TrainedModel
@@ -58,6 +59,14 @@ class ModelFamily:
     #: it was trained on; ``predict`` uses the model's, and a ``--config`` that sets them otherwise is
     #: an input error naming both values
     model_inputs: tuple[str, ...] = ("masks",)
+
+    @property
+    def train_config(self) -> type[BaseModel] | None:
+        """The family's ``train`` schema (one member of the config's union on ``train.model``, see
+        :data:`s2agri.workflows.config.TRAIN_CONFIGS`); None for a family that is not trained."""
+        from s2agri.workflows.config import TRAIN_CONFIGS
+
+        return TRAIN_CONFIGS.get(self.name)
 
 
 def _train_pixel(

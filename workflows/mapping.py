@@ -71,7 +71,7 @@ from s2agri.tasks.stats5x5 import NeighbourhoodStatisticsTask
 from s2agri.tasks.vectorise import PARCELS_PRED, VectoriseTask
 from s2agri.tasks.weights import weight_map
 from s2agri.tasks.zonal import PARCEL_STATS, ZonalStatisticsTask
-from s2agri.workflows.config import MappingConfig
+from s2agri.workflows.config import MappingConfig, pixel_training
 from s2agri.workflows.families import family_of
 from s2agri.workflows.model_store import TrainedModel, with_model_inputs
 
@@ -437,15 +437,16 @@ class SamplingWorkflow:
     """The training-sample EOWorkflow of ``config``: one ``<box>.npz`` per box in ``folder``."""
 
     def __init__(self, config: MappingConfig, input_root: Path, folder: Path):
+        train = pixel_training(config)
         tasks = [
             LoadTask(str(input_root)),
             *feature_tasks(config),
             SamplePixelsTask(
                 folder,
-                samples_per_box=config.train.samples_per_box,
-                balanced=config.train.balanced,
-                weights=config.train.sample_weights,
-                seed=config.train.seed,
+                samples_per_box=train.samples_per_box,
+                balanced=train.balanced,
+                weights=train.sample_weights,
+                seed=train.seed,
                 features_feature=pixel_features_feature(config),
             ),
         ]

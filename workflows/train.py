@@ -26,7 +26,7 @@ from s2agri.models.sampling import SampleAccumulator, SampleSet
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.metrics import Confusion, mcc
 from s2agri.tasks.predict_pixel import train_pixel_model
-from s2agri.workflows.config import MappingConfig, dump_config
+from s2agri.workflows.config import MappingConfig, dump_config, pixel_training
 from s2agri.workflows.mapping import SAMPLES, SamplingWorkflow
 from s2agri.workflows.model_store import save_trained
 from s2agri.workflows.runs import (
@@ -107,8 +107,9 @@ def choose_threshold(y: np.ndarray, proba: np.ndarray, weight: np.ndarray) -> tu
 
 
 def _accumulate(paths: Sequence[Path], config: MappingConfig) -> tuple[SampleSet, int]:
+    train = pixel_training(config)
     accumulator = SampleAccumulator(
-        config.train.max_samples, "balanced" if config.train.balanced else "proportional", config.train.seed
+        train.max_samples, "balanced" if train.balanced else "proportional", train.seed
     )
     for path in paths:
         accumulator.add(load_samples(path))
@@ -122,10 +123,9 @@ def _fit(config: MappingConfig, samples: SampleSet) -> Any:
             f"the training boxes hold {counts[0]} not-cultivated and {counts[1]} cultivated labelled pixels: "
             "add boxes with both classes"
         )
+    train = pixel_training(config)
     try:
-        return train_pixel_model(
-            config.train.model, samples, use_weights=config.train.sample_weights, **config.train.params
-        )
+        return train_pixel_model(train.model, samples, use_weights=train.sample_weights, **train.params)
     except (TypeError, ValueError) as exc:
         raise S2AgriInputError(
             f"train.params do not fit model {config.train.model} ({exc}): check the parameter names"
@@ -140,7 +140,7 @@ def select_threshold(
     ``(None, {})`` when no box can be held out (``train.threshold_boxes`` 0, or fewer than
     :data:`MIN_BOXES_FOR_THRESHOLD` boxes).
     """
-    held_out = validation_boxes(names, config.train.threshold_boxes)
+    held_out = validation_boxes(names, pixel_training(config).threshold_boxes)
     if not held_out:
         return None, {}
     fit_on = [samples_dir / f"{name}.npz" for name in names if name not in held_out]

@@ -229,7 +229,9 @@ def resume_config(checkpoint: Path, config: MappingConfig, explicit: bool) -> Ma
     from s2agri.models.checkpoints import load_checkpoint
 
     try:
-        stored = MappingConfig.model_validate(load_checkpoint(checkpoint)["mapping_config"])
+        stored = MappingConfig.model_validate(
+            load_checkpoint(checkpoint)["mapping_config"], context={"stored": True}
+        )
     except (KeyError, ValueError) as exc:
         raise S2AgriInputError(f"{checkpoint} cannot be resumed ({exc}): train without --resume") from exc
     if not explicit:

@@ -216,6 +216,19 @@ def test_resume_is_for_models_trained_in_epochs_only(region: Path, tmp_path: Pat
     assert "holds a last.pt" in capsys.readouterr().err
 
 
+def test_model_option_that_leaves_pixel_settings_unused_is_an_input_error(
+    region: Path, tmp_path: Path, capsys
+) -> None:
+    boxes = [str(region / "eopatches" / f"box-00{i}") for i in range(3)]
+    config = tmp_path / "sampled.yaml"
+    config.write_text("train: {samples_per_box: 500}\n")
+    out = tmp_path / "m"
+    assert cli.main(["train", *boxes, "--out", str(out), "--config", str(config), "--model", "gcnn"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--model gcnn does not fit the config's train section" in err
+    assert "samples_per_box is a setting of the pixel models" in err and not out.exists()
+
+
 def test_class_balance_weight_by_hand(region: Path) -> None:
     from s2agri.workflows.train_deep import class_balance_weight
 

@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from s2agri.tasks.errors import S2AgriInputError
-from s2agri.workflows.config import MappingConfig, load_config
+from s2agri.workflows.config import MappingConfig, load_config, train_for_model, validation_problems
 from s2agri.workflows.families import family_of
 from s2agri.workflows.mapping import required_inputs
 from s2agri.workflows.runs import check_out, find_boxes, preflight, staged_folder
@@ -48,11 +50,15 @@ def train_command(args: argparse.Namespace) -> int:
     """Handler of ``s2agri train``."""
     config = load_config(args.config)
     updates: dict[str, Any] = {}
-    if args.model is not None:
-        updates["train"] = config.train.model_copy(update={"model": args.model})
-    if getattr(args, "preset", None) is not None:
-        train = updates.get("train", config.train)
-        updates["train"] = train.model_copy(update={"preset": args.preset})
+    preset = getattr(args, "preset", None)
+    if args.model is not None or preset is not None:
+        try:
+            updates["train"] = train_for_model(config.train, args.model, preset)
+        except ValidationError as exc:
+            raise S2AgriInputError(
+                f"--model {args.model or config.train.model} does not fit the config's train section "
+                f"({validation_problems(exc)})"
+            ) from exc
     if args.workers is not None:
         updates["workers"] = args.workers
     config = MappingConfig.model_validate({**config.model_dump(), **updates})
