@@ -124,7 +124,12 @@ def test_pixel_settings_of_a_non_pixel_model_are_dropped_at_their_default_else_n
     legacy["train"]["model"] = "convstar"
     path = tmp_path / "config.json"
     path.write_text(json.dumps(legacy))
-    assert load_config(path).train.model_dump() == {"model": "convstar", "preset": "cpu", "params": {}, "seed": 0}
+    assert load_config(path).train.model_dump() == {
+        "model": "convstar",
+        "preset": "cpu",
+        "params": {},
+        "seed": 0,
+    }
     legacy["train"]["samples_per_box"] = 500
     path.write_text(json.dumps(legacy))
     with pytest.raises(S2AgriInputError) as info:
