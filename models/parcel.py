@@ -1,7 +1,7 @@
 """Parcel classifiers of seed 004 (Sen4AgriNet OAD): TempCNN, Transformer encoder, LSTM.
 
 Input: (B, T, F) per-parcel series, F = 2C (the C band means, then the C band stds of the parcel
-at each step, :func:`s2agri.tasks.zonal.parcel_model_inputs`); output: (B, n_outputs) logits,
+at each step, :func:`s2agri.tasks.parcel_series.parcel_model_inputs`); output: (B, n_outputs) logits,
 (B, 1) for the cultivated / not cultivated decision. The models know nothing about EOPatches.
 
 Missing steps: a step is missing when any of its F values is NaN (a parcel fully clouded at a
@@ -17,7 +17,7 @@ can be fed as they are (also through the generic trainer, which calls ``model(x)
 * ``tempcnn`` (fixed length ``n_steps``) fills them with :func:`fill_missing`.
 
 :func:`fill_missing`: forward fill in time, then backward fill, then 0 (whole feature vectors);
-the numpy twin is :func:`s2agri.tasks.zonal.fill_missing`.
+the numpy twin is :func:`s2agri.tasks.parcel_series.fill_missing`.
 
 Configurations (:data:`PAPER_CONFIGS`, from the seed's text and its code, Orion-AI-Lab/S4A-Models,
 ``oad_experiments.py``): the seed classifies 11 crops from 13 bands (F = 26, 2 heads); here F = 24

@@ -30,13 +30,13 @@ from s2agri.models.parcel import predict_proba
 from s2agri.models.parcel_training import ParcelFeatureScaler
 from s2agri.tasks import contract
 from s2agri.tasks.outputs import PRED_CULTIVATED, PRED_PROBA, feature_array, write_prediction
+from s2agri.tasks.parcel_series import parcel_model_inputs
 from s2agri.tasks.zonal import (
     DEFAULT_MONTHS,
     PARCEL_STATS,
     box_geometries,
     feature_label,
     parcel_dates,
-    parcel_model_inputs,
     rasterise_values,
 )
 

@@ -123,6 +123,7 @@ LAYER_ORDER: dict[str, tuple[str, ...]] = {
         "s2agri.tasks.delineation",
         "s2agri.tasks.resolution",
         "s2agri.tasks.zonal",
+        "s2agri.tasks.parcel_series",
     ),
     "models": ("s2agri.models.",),
     "prediction": (

@@ -37,8 +37,9 @@ from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import create_model, get_constructor
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
+from s2agri.tasks.parcel_series import parcel_targets
 from s2agri.tasks.predict_parcel import observed, parcel_series
-from s2agri.tasks.zonal import ZonalStatisticsTask, parcel_targets
+from s2agri.tasks.zonal import ZonalStatisticsTask
 from s2agri.workflows.config import MappingConfig
 from s2agri.workflows.mapping import feature_tasks, parcel_tasks
 from s2agri.workflows.model_store import save_card

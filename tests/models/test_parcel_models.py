@@ -17,7 +17,7 @@ from s2agri.models.parcel import (
     predict_proba,
 )
 from s2agri.models.registry import available_models, create_model, model_summary
-from s2agri.tasks import zonal
+from s2agri.tasks import parcel_series
 
 torch.set_num_threads(1)
 
@@ -99,7 +99,7 @@ def test_fill_missing_matches_the_numpy_twin() -> None:
     x[2, 6] = np.nan
     x[3, 2, 1] = np.nan  # one NaN feature: the whole step is missing
     filled = fill_missing(torch.from_numpy(x)).numpy()
-    np.testing.assert_array_equal(filled, zonal.fill_missing(x))
+    np.testing.assert_array_equal(filled, parcel_series.fill_missing(x))
     np.testing.assert_array_equal(filled[0, :3], np.repeat(x[0, 2:3], 3, axis=0))  # backward fill
     np.testing.assert_array_equal(filled[0, 4], x[0, 3])  # forward fill
     np.testing.assert_array_equal(filled[1], 0.0)
