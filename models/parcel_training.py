@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import load_checkpoint
+from .history import History
 from .trainer_config import TrainerConfig
-from .training import History, Trainer, epoch_seed
+from .training import Trainer, epoch_seed
 
 LOGGER = logging.getLogger(__name__)
 

@@ -10,17 +10,8 @@ alone. Patch datasets (:mod:`s2agri.models.datasets`) and parcel batches
 Seed 000's recipe is the default (:class:`TrainerConfig`): Adam, lr 1e-3, batch 100, binary
 cross-entropy, early stopping with patience 12 on the validation loss, at most 100 epochs.
 
-Loss. The models output logits (B, 1, 4h, 4w) at 2.5 m; each batch carries a per-pixel
-``weight`` (0 = ignore, e.g. NOT_DECLARED; else 1 or the challenge weight map). The loss is
-``sum(w * bce_with_logits) / sum(w)``: a weighted *mean* over the pixels of the batch, so its
-scale does not depend on the patch size or on how many pixels are ignored. With
-``weighted_loss=False`` the weights only mask: ``w = (weight > 0)``. The epoch losses (train and
-validation) pool the same way over every pixel of the epoch (sum of weighted losses divided by
-the sum of weights), not as a mean of batch means. A batch whose weights are all 0 is skipped.
-A model with several outputs gives its own loss through a ``training_loss(outputs, batch, *,
-weighted, pos_weight) -> (sum, weights)`` hook (:func:`batch_loss`; e.g. the extent, boundary and
-distance terms of :mod:`s2agri.models.field_delineation`, whose targets come as extra batch tensors);
-its channel 0 is the cultivated logit the metrics use.
+Loss: :mod:`s2agri.models.losses` (a weighted mean over the pixels of the batch, or the model's own
+``training_loss`` hook). Learning curve: :mod:`s2agri.models.history`.
 
 Validation metrics: MCC, F1 and accuracy of ``sigmoid(logit) >= 0.5`` (``logit >= 0``) on the
 pixels with ``weight > 0``, from confusion counts summed over the whole validation set
@@ -47,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import logging
 import math
@@ -56,14 +46,12 @@ import random
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812 (torch convention)
 
 # Not tqdm.auto: its asyncio class calls iter() once more, so a DataLoader would draw from the RNG
 # (and start its workers) twice per epoch.
@@ -80,57 +68,14 @@ from .checkpoints import (
     check_plain,
     load_checkpoint,
 )
+from .history import METRICS_CSV, History, csv_row, csv_text
+from .losses import batch_loss, forward_batch
 from .registry import create_model, get_constructor
 from .trainer_config import THRESHOLDS, TrainerConfig
 
 LOGGER = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-
-#: Columns of ``metrics.csv`` and keys of each :attr:`History.epochs` row.
-CSV_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_mcc",
-    "val_f1",
-    "val_acc",
-    "val_weighted_mcc",
-    "val_threshold",
-    "val_threshold_weighted_mcc",
-    "lr",
-    "epoch_seconds",
-    "improved",
-)
-METRICS_CSV = "metrics.csv"
-
-
-@dataclass
-class History:
-    """Per-epoch rows (:data:`CSV_COLUMNS`) and the outcome of a :meth:`Trainer.fit`."""
-
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_val_loss: float = math.inf
-    stop_reason: str = ""
-    #: Decision threshold of the best epoch: its best on the validation weighted MCC (None before any epoch).
-    best_threshold: float | None = None
-
-    @property
-    def best_row(self) -> dict[str, Any]:
-        """The epoch row of the best epoch (``ValueError`` before any epoch)."""
-        for row in self.epochs:
-            if row["epoch"] == self.best_epoch:
-                return row
-        raise ValueError("the history has no best epoch yet")
-
-    @property
-    def stopped_early(self) -> bool:
-        return self.stop_reason == "early_stopping"
-
-    def column(self, name: str) -> list[Any]:
-        """One column of the epoch rows, e.g. ``history.column("val_loss")``."""
-        return [row[name] for row in self.epochs]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -143,52 +88,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def masked_bce_with_logits(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor,
-    *,
-    weighted: bool = True,
-    pos_weight: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum(w * bce), sum(w))`` over all pixels; the loss is their ratio.
-
-    ``w`` is ``weight`` (``weighted=True``) or ``weight > 0`` as 0/1, times ``pos_weight`` on the
-    positive pixels when given (class balance). Returning the two sums lets callers pool a loss over
-    many batches exactly.
-    """
-    if logits.shape != target.shape or target.shape != weight.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)}, target {tuple(target.shape)} and weight "
-            f"{tuple(weight.shape)} must have the same shape"
-        )
-    w = weight.to(logits.dtype) if weighted else (weight > 0).to(logits.dtype)
-    if pos_weight is not None:
-        w = w * torch.where(target > 0.5, float(pos_weight), 1.0).to(logits.dtype)
-    losses = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
-    return (losses * w).sum(), w.sum()
-
-
-def _format_csv(value: Any) -> Any:
-    if isinstance(value, float):
-        return repr(value)  # shortest exact round-trip
-    return value
-
-
-def _csv_row(row: Mapping[str, Any]) -> list[Any]:
-    """A history row as CSV cells (columns a checkpoint of an older version lacks are left empty)."""
-    return [_format_csv(row.get(c, "")) for c in CSV_COLUMNS]
-
-
-def _csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        writer.writerow(_csv_row(row))
-    return buffer.getvalue()
 
 
 def scheduled_lr(config: TrainerConfig, epoch: int, batch: int, n_batches: int) -> float:
@@ -234,32 +133,6 @@ def _unpack(batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
     }
     tensors["x"] = tensors["x"].float()
     return tensors
-
-
-def forward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``model(batch["x"], **inputs)``: the batch entries the model names in ``batch_inputs`` (e.g.
-    the parcel classifiers' ``doy``) are passed as keyword arguments when the batch has them."""
-    names = getattr(model, "batch_inputs", ())
-    return model(batch["x"], **{name: batch[name] for name in names if name in batch})
-
-
-def batch_loss(
-    model: nn.Module,
-    outputs: torch.Tensor,
-    batch: Mapping[str, torch.Tensor],
-    *,
-    weighted: bool = True,
-    pos_weight: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum of weighted losses, sum of weights)`` of a batch: the model's own ``training_loss``
-    hook when it has one (multi-output models, e.g. field delineation), else
-    :func:`masked_bce_with_logits` of its single logit."""
-    hook = getattr(model, "training_loss", None)
-    if callable(hook):
-        return hook(outputs, batch, weighted=weighted, pos_weight=pos_weight)
-    return masked_bce_with_logits(
-        outputs, batch["y"], batch["weight"], weighted=weighted, pos_weight=pos_weight
-    )
 
 
 def _model_state_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -512,7 +385,7 @@ class Trainer:
             self.best_path.unlink(missing_ok=True)  # an overwritten run's best.pt is stale
         # metrics.csv is rewritten from the history (the checkpoint is the source of truth).
         tmp = self.metrics_path.with_name(f".{METRICS_CSV}.tmp-{os.getpid()}")
-        tmp.write_text(_csv_text(self.history), encoding="utf-8")
+        tmp.write_text(csv_text(self.history), encoding="utf-8")
         os.replace(tmp, self.metrics_path)
 
         cfg = self.config
@@ -645,7 +518,7 @@ class Trainer:
         if improved:
             atomic_save(ckpt, self.best_path)
         with self.metrics_path.open("a", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerow(_csv_row(row))
+            csv.writer(handle, lineterminator="\n").writerow(csv_row(row))
             handle.flush()
         LOGGER.info(
             "epoch %d/%d: train loss %.4f, val loss %.4f, val MCC %.3f, F1 %.3f, acc %.3f, "

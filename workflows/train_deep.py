@@ -29,10 +29,11 @@ from torch.utils.data import DataLoader
 from s2agri.models.box_inputs import box_observations
 from s2agri.models.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, build_model_from_checkpoint
 from s2agri.models.datasets import BoxBatchSampler, PatchDataset, split_boxes
+from s2agri.models.history import History
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import get_constructor
 from s2agri.models.trainer_config import TrainerConfig
-from s2agri.models.training import History, Trainer
+from s2agri.models.training import Trainer
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask

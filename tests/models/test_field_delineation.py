@@ -12,9 +12,10 @@ from sentinelhub import CRS, BBox
 
 from s2agri.models.field_delineation import DELINEATION_OUTPUTS, DelineationUNet
 from s2agri.models.inference import predict_tiled, predict_tiled_outputs
+from s2agri.models.losses import batch_loss, masked_bce_with_logits
 from s2agri.models.names import DEEP_MODELS, DELINEATION_MODELS
 from s2agri.models.registry import create_model
-from s2agri.models.training import batch_loss, evaluate, masked_bce_with_logits
+from s2agri.models.training import evaluate
 from s2agri.tasks.delineation import delineation_targets
 from s2agri.tasks.instances import (
     PRED_INSTANCES,

@@ -1,4 +1,4 @@
-"""Training loop: masked loss, metrics, checkpoints, early stopping, seeding and exact resume."""
+"""Training loop: metrics, checkpoints, early stopping, seeding and exact resume."""
 
 from __future__ import annotations
 
@@ -17,15 +17,9 @@ from torch.nn import functional as F  # noqa: N812 (torch convention)
 from torch.utils.data import DataLoader, Dataset
 
 from s2agri.models.checkpoints import CHECKPOINT_KEYS, build_model_from_checkpoint, load_checkpoint
+from s2agri.models.history import CSV_COLUMNS
 from s2agri.models.registry import register_model
-from s2agri.models.training import (
-    CSV_COLUMNS,
-    Trainer,
-    TrainerConfig,
-    epoch_seed,
-    evaluate,
-    masked_bce_with_logits,
-)
+from s2agri.models.training import Trainer, TrainerConfig, epoch_seed, evaluate
 from s2agri.tasks.metrics import accuracy, confusion, f1, mcc
 
 MODEL_NAME = "test-tiny-segmenter"
@@ -112,25 +106,6 @@ def test_config_defaults_follow_seed_000() -> None:
         TrainerConfig(patience=0)
     with pytest.raises(ValidationError, match="invalid torch device"):
         TrainerConfig(device="abacus")
-
-
-def test_masked_bce_normalises_by_the_weights() -> None:
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 1, 4, 4, generator=gen)
-    target = (torch.rand(2, 1, 4, 4, generator=gen) > 0.5).float()
-    weight = torch.rand(2, 1, 4, 4, generator=gen) * 2
-    weight[0, 0, :2] = 0
-    loss_sum, weight_sum = masked_bce_with_logits(logits, target, weight)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    assert torch.allclose(loss_sum / weight_sum, (bce * weight).sum() / weight.sum())
-    # ignored pixels do not matter; unweighted = plain mean over the kept pixels
-    changed = logits.clone()
-    changed[0, 0, :2] = 100.0
-    assert torch.allclose(masked_bce_with_logits(changed, target, weight)[0], loss_sum)
-    plain_sum, count = masked_bce_with_logits(logits, target, weight, weighted=False)
-    assert count.item() == 24 and torch.allclose(plain_sum / count, bce[weight > 0].mean())
-    with pytest.raises(ValueError, match="same shape"):
-        masked_bce_with_logits(logits, target[:, :, :2], weight)
 
 
 def test_evaluate_matches_tasks_metrics() -> None:
@@ -383,16 +358,6 @@ def test_scheduled_lr_by_hand() -> None:
     assert scheduled_lr(onecycle, 0, 0, 4) == pytest.approx(0.01 / 25)
     assert scheduled_lr(onecycle, 0, 2, 4) == pytest.approx(0.01)
     assert scheduled_lr(onecycle, 2, 0, 4) == pytest.approx(0.01 / 1e4)
-
-
-def test_pos_weight_weights_the_positive_pixels() -> None:
-    logits = torch.tensor([[0.0, 1.0, -2.0]])
-    target = torch.tensor([[1.0, 0.0, 1.0]])
-    weight = torch.tensor([[1.0, 2.0, 0.5]])
-    total, norm = masked_bce_with_logits(logits, target, weight, pos_weight=3.0)
-    bce = [math.log(2), math.log(1 + math.e), math.log(1 + math.exp(2))]
-    assert float(norm) == pytest.approx(3.0 + 2.0 + 1.5)
-    assert float(total) == pytest.approx(3.0 * bce[0] + 2.0 * bce[1] + 1.5 * bce[2], rel=1e-6)
 
 
 def test_evaluate_scans_thresholds_like_brute_force() -> None:

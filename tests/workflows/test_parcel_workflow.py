@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from s2agri.models.checkpoints import CHECKPOINT_KEYS as TRAINER_CHECKPOINT_KEYS
 from s2agri.models.checkpoints import load_checkpoint
+from s2agri.models.history import CSV_COLUMNS, History
 from s2agri.models.parcel import TempCNN
 from s2agri.models.parcel_training import (
     ParcelBatches,
@@ -23,7 +24,7 @@ from s2agri.models.parcel_training import (
     parcel_trainer_config,
 )
 from s2agri.models.registry import create_model
-from s2agri.models.training import CSV_COLUMNS, History, Trainer
+from s2agri.models.training import Trainer
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
