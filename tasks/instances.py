@@ -115,7 +115,7 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
 
     The pixels ``skimage.morphology.h_maxima(image, h)`` marks, float32 rounding guard included, with
     the reconstruction in linear time (:func:`_reconstruct_by_dilation`) instead of skimage's two
-    sorts of every pixel: 0.1 s instead of 1.7 s on a 2000 x 2000 box.
+    sorts of every pixel (the instances stage of a 2000 x 2000 box: 0.8 s instead of 2.2 s).
     """
     image = np.ascontiguousarray(image, dtype=np.float32)  # one compiled specialisation
     if image.ndim != 2 or h <= 0:
