@@ -98,7 +98,7 @@ PARCEL_EPOCHS = 60
 
 
 def model_config(  # type: ignore[no-untyped-def]
-    name: str, epochs: dict[str, int], threads: int, inputs: str = "frames", patience: int | None = None
+    name: str, epochs: dict[str, int], threads: int, inputs: str | None = None, patience: int | None = None
 ):
     """The MappingConfig of ``name``: defaults plus the benchmark's caps, thread counts, deep inputs and
     (``patience``, e.g. the cap itself: no early stop) the early-stopping patience."""
@@ -110,11 +110,9 @@ def model_config(  # type: ignore[no-untyped-def]
         return load_config("seed000")
     data: dict = {"train": {"model": name}}
     if name in DEEP_MODELS:  # the CPU recipe (DEEP_RECIPE) with the budget's epoch cap
-        data["deep"] = {
-            "cache_boxes": 6,
-            "inputs": inputs,
-            "trainer": {"max_epochs": epochs[name], "num_threads": threads},
-        }
+        data["deep"] = {"cache_boxes": 6, "trainer": {"max_epochs": epochs[name], "num_threads": threads}}
+        if inputs is not None:  # else the config's default
+            data["deep"]["inputs"] = inputs
         if patience is not None:
             data["deep"]["trainer"]["patience"] = patience
     if name in PARCEL_MODELS:
@@ -297,7 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--budget-s", type=float, default=TRAIN_BUDGET_S, help="training budget of each deep model (s)"
     )
-    parser.add_argument("--inputs", choices=("frames", "monthly"), default="frames", help="deep.inputs")
+    parser.add_argument(
+        "--inputs", choices=("frames", "monthly"), help="deep.inputs (default: the config's, monthly)"
+    )
     parser.add_argument("--merge", action="store_true", help="keep the other models' rows of --output")
     parser.add_argument(
         "--patience", type=int, help="deep models' early-stopping patience (default: the recipe's 8)"

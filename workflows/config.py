@@ -293,9 +293,10 @@ class DeepConfig(_Strict):
     )
     tile: int = Field(128, ge=16, description="inference tile side at 10 m")
     inputs: Literal["frames", "monthly"] = Field(
-        "frames",
-        description="time steps of the stacks: the deep.n_frames least cloudy frames, or the cloud-masked "
-        "monthly medians of deep.months (convlstm / convstar always read monthly medians)",
+        "monthly",
+        description="time steps of the stacks: the cloud-masked monthly medians of deep.months (default: "
+        "higher validation scores for every segmenter measured), or 'frames', the deep.n_frames least "
+        "cloudy frames (seed 000; convlstm / convstar always read monthly medians)",
     )
     months: tuple[int, ...] = Field(
         (3, 4, 5, 6, 7, 8),
@@ -309,6 +310,15 @@ class DeepConfig(_Strict):
         if isinstance(value, dict):
             return {**DEEP_RECIPE, **value}
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frame_settings_mean_frames(cls, data: Any) -> Any:
+        """``n_frames`` and ``all_frames`` choose frames: a section that sets one of them but not
+        ``inputs`` (as configs written before monthly inputs became the default) means ``frames``."""
+        if isinstance(data, dict) and "inputs" not in data and ("n_frames" in data or data.get("all_frames")):
+            return {**data, "inputs": "frames"}
+        return data
 
     @field_validator("patch_size")
     @classmethod

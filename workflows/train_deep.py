@@ -75,7 +75,7 @@ def frames_for(config: MappingConfig) -> int | None:
         if config.deep.all_frames:
             raise S2AgriInputError(
                 f"deep.all_frames and monthly inputs ({config.train.model}, deep.inputs "
-                f"{config.deep.inputs}) exclude each other: drop deep.all_frames"
+                f"{config.deep.inputs}) exclude each other: drop deep.all_frames, or set deep.inputs: frames"
             )
         return len(months)
     if config.deep.all_frames:

@@ -92,7 +92,12 @@ def test_model_kwargs_merge_preset_params_and_steps() -> None:
     config = MappingConfig.model_validate({"train": {"model": "unet-tc"}, "deep": {"inputs": "monthly"}})
     assert months_for(config) == (3, 4, 5, 6, 7, 8) and frames_for(config) == 6
     assert model_kwargs(config, 6) == {"n_frames": 6}
-    assert months_for(MappingConfig.model_validate({"train": {"model": "unet-tc"}})) is None
+    assert months_for(MappingConfig.model_validate({"train": {"model": "unet-tc"}})) == (3, 4, 5, 6, 7, 8)
+    frames = MappingConfig.model_validate({"train": {"model": "unet-tc"}, "deep": {"inputs": "frames"}})
+    assert months_for(frames) is None and frames_for(frames) == 20
+    # a section that sets n_frames or all_frames without inputs (older configs) means frames
+    assert MappingConfig.model_validate({"deep": {"n_frames": 8}}).deep.inputs == "frames"
+    assert MappingConfig.model_validate({"deep": {"all_frames": True}}).deep.inputs == "frames"
     config = MappingConfig.model_validate(
         {"train": {"model": "spinet"}, "deep": {"inputs": "monthly", "all_frames": True}}
     )

@@ -84,6 +84,8 @@ def test_deep_predict_task_equals_whole_box_inference(region: Path) -> None:
 
 def test_frame_count_comes_from_the_config() -> None:
     config = MappingConfig.model_validate({"train": {"model": "unet-b"}})
+    assert config.deep.inputs == "monthly" and frames_for(config) == 6  # the 6 monthly medians
+    config = MappingConfig.model_validate({"train": {"model": "unet-b"}, "deep": {"inputs": "frames"}})
     assert frames_for(config) == 20 and model_kwargs(config, 20)["n_frames"] == 20
     config = MappingConfig.model_validate({"train": {"model": "gcnn"}, "deep": {"n_frames": 12}})
     assert frames_for(config) == 12 and "n_frames" not in model_kwargs(config, 12)
@@ -112,7 +114,9 @@ def test_train_and_predict_gcnn_from_the_cli(region: Path, tmp_path: Path, capsy
     rows = (model / "training" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss,val_loss") and len(rows) == 3
     trained = load_trained(model)
-    assert trained.is_deep and trained.n_frames == 20 and trained.normaliser.n_channels == 12
+    # the default inputs: the cloud-masked medians of the 6 months of the season
+    assert trained.is_deep and trained.n_frames == 6 and trained.normaliser.n_channels == 12
+    assert trained.months == (3, 4, 5, 6, 7, 8)
     checkpoint = torch.load(model / "model.pt", weights_only=True)
     assert checkpoint["mapping_config"]["train"]["model"] == "gcnn"
 
