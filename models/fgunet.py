@@ -53,6 +53,8 @@ from .pixel_nets import PAPER_HIDDEN, PointwiseMLP, check_series, fold_groups
 from .registry import register_model
 from .unet import DoubleConv
 
+#: Most temporal groups of the CPU default (``groups=None``): 5 groups of 4 frames of 20 frames.
+DEFAULT_GROUPS = 5
 #: Constructor arguments of the paper-size FG-UNet on 20 frames (w = 32, 10 groups of 2 frames).
 PAPER_CONFIG: dict[str, Any] = {"base_width": 32, "hidden": PAPER_HIDDEN, "groups": 10}
 #: Max pooling steps of the 3-level U-Net: H and W are padded to multiples of 2**DEPTH.
@@ -105,7 +107,9 @@ class FGUNet(nn.Module):
     Args:
         n_frames: frames T of the input (fixed), split into ``groups`` groups of T / G frames.
         n_bands: bands C per frame.
-        groups: G temporal groups sharing the network (seed: 11 groups of 3 frames); G | T.
+        groups: G temporal groups sharing the network (seed: 11 groups of 3 frames); G | T. None:
+            the largest divisor of T up to :data:`DEFAULT_GROUPS` (5 groups of 4 of 20 frames, 3 groups
+            of 2 of the 6 monthly medians).
         base_width: w, the width of the U-Net's first and last level (seed: 32).
         hidden: widths of the pixel-wise 1x1 path, comma-separated (seed: ``"200,100,50"``).
         batch_norm: batch norm after every 3x3 conv (the seed has none: ``False`` reproduces its
@@ -122,13 +126,15 @@ class FGUNet(nn.Module):
         self,
         n_frames: int = 20,
         n_bands: int = 12,
-        groups: int = 5,
+        groups: int | None = None,
         base_width: int = 16,
         hidden: str = PAPER_HIDDEN,
         batch_norm: bool = True,
         scale: int = 4,
     ) -> None:
         super().__init__()
+        if groups is None:
+            groups = max(g for g in range(1, DEFAULT_GROUPS + 1) if n_frames < 1 or n_frames % g == 0)
         if min(n_frames, n_bands, groups, base_width, scale) < 1:
             raise ValueError(
                 f"need positive n_frames, n_bands, groups, base_width and scale, got "
@@ -137,7 +143,7 @@ class FGUNet(nn.Module):
         if n_frames % groups:
             raise ValueError(
                 f"n_frames = {n_frames} must be divisible by groups = {groups}: every temporal "
-                f"group holds n_frames / groups frames"
+                f"group holds n_frames / groups frames (set train.params.groups to a divisor of {n_frames})"
             )
         self.n_frames, self.n_bands, self.groups = int(n_frames), int(n_bands), int(groups)
         self.base_width, self.hidden = int(base_width), parse_widths(hidden)

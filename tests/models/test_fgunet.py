@@ -43,6 +43,12 @@ def test_groups_must_divide_the_frames() -> None:
         tiny()(series(1, 6, 8, 8))
 
 
+def test_default_groups_are_the_largest_divisor_of_the_frames_up_to_5() -> None:
+    assert [FGUNet(n_frames=t).groups for t in (20, 6, 8, 7, 3)] == [5, 3, 4, 1, 3]
+    with pytest.raises(ValueError, match=r"set train.params.groups to a divisor of 6"):
+        FGUNet(n_frames=6, groups=4)
+
+
 def test_groups_share_one_network() -> None:
     """Swapping two groups' frames swaps their features; each group's are the network on it alone."""
     model = tiny(groups=4).eval()

@@ -78,6 +78,20 @@ def test_presets_give_the_seed_sizes() -> None:
         preset_kwargs("spinet", "huge")
 
 
+@pytest.mark.parametrize("name", DEEP_MODELS)
+def test_every_segmenter_builds_and_runs_on_the_default_monthly_inputs(name: str) -> None:
+    """The default deep.inputs (6 monthly medians) fits every segmenter's CPU preset."""
+    config = MappingConfig.model_validate({"train": {"model": name}})
+    steps = frames_for(config)
+    assert steps == 6 and months_for(config) == (3, 4, 5, 6, 7, 8)
+    model = create_model(name, **model_kwargs(config, steps)).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, steps, 12, 16, 16))
+    assert out.shape[0] == 1 and out.shape[-2:] == (64, 64)
+    if name == "fg-unet":
+        assert model.groups == 3  # the largest divisor of 6 up to the 5 groups of 20 frames
+
+
 def test_model_kwargs_merge_preset_params_and_steps() -> None:
     config = MappingConfig.model_validate(
         {"train": {"model": "fg-unet", "preset": "paper", "params": {"groups": 4}}}
