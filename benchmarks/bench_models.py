@@ -250,9 +250,9 @@ def markdown_table(entries: dict[str, dict], ranking: list[str]) -> str:
     head = (
         "| model | wMCC | wMCC mean ± std | MCC Full / Mask | F1 Full / Mask | Acc Full / Mask "
         "| small parcels MCC / recall | large parcels MCC / recall | 10 m map wMCC | 2.5 m gain "
-        "| params | size MB | budget s | train s (epochs) | s/box |"
+        "| params | size MB | budget s | train s (epochs) | val wMCC | s/box |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for name in ranking:
         e = entries[name]
         p, m, s = e["pooled"], e["mean"], e["std"]
@@ -263,13 +263,17 @@ def markdown_table(entries: dict[str, dict], ranking: list[str]) -> str:
         # deep rows: the run's training budget (rows without one come from the 200 s run)
         budget = e.get("budget", {}).get("train_budget_s", TRAIN_BUDGET_S) if "patches" in e else None
         budget_text = "-" if budget is None else f"{budget:.0f}"
+        # the deep models' best validation weighted MCC (validation boxes of the training seeds)
+        val = e.get("validation", {}).get("val_threshold_weighted_mcc") if "patches" in e else None
+        val_text = "-" if val is None else f"{val:.3f}"
         lines.append(
             f"| {name} | **{p['weighted_mcc']:.3f}** | {m['weighted_mcc']:.3f} ± {s['weighted_mcc']:.3f} "
             f"| {p['mcc_full']:.3f} / {p['mcc_mask']:.3f} | {p['f1_full']:.3f} / {p['f1_mask']:.3f} "
             f"| {p['acc_full']:.3f} / {p['acc_mask']:.3f} | {small['mcc']:.3f} / {small['recall']:.3f} "
             f"| {large['mcc']:.3f} / {large['recall']:.3f} | {e['map_10m']['weighted_mcc']:.3f} "
             f"| {e['gain_2p5m_over_10m']['weighted_mcc']:+.3f} | {e['n_parameters']:,} "
-            f"| {e['serialized_bytes'] / 1e6:.2f} | {budget_text} | {train_text} | {e['inference_seconds_mean']:.1f} |"
+            f"| {e['serialized_bytes'] / 1e6:.2f} | {budget_text} | {train_text} | {val_text} "
+            f"| {e['inference_seconds_mean']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
