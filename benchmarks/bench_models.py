@@ -49,7 +49,7 @@ from _common import (
     write_results,
 )
 
-from s2agri.models.names import DEEP_MODELS, PARCEL_MODELS, PIXEL_MODELS
+from s2agri.models.names import DEEP_MODELS, MONTHLY_MODELS, PARCEL_MODELS, PIXEL_MODELS
 
 LOGGER = logging.getLogger("bench_models")
 HERE = Path(__file__).resolve().parent
@@ -266,8 +266,11 @@ def markdown_table(entries: dict[str, dict], ranking: list[str]) -> str:
         # the deep models' best validation weighted MCC (validation boxes of the training seeds)
         val = e.get("validation", {}).get("val_threshold_weighted_mcc") if "patches" in e else None
         val_text = "-" if val is None else f"{val:.3f}"
+        # the frame-input rows of the segmenters that read monthly medians by default
+        frames = e.get("budget", {}).get("inputs") == "frames" and name not in MONTHLY_MODELS
+        shown = f"{name} (frames)" if frames and "(" not in name else name
         lines.append(
-            f"| {name} | **{p['weighted_mcc']:.3f}** | {m['weighted_mcc']:.3f} ± {s['weighted_mcc']:.3f} "
+            f"| {shown} | **{p['weighted_mcc']:.3f}** | {m['weighted_mcc']:.3f} ± {s['weighted_mcc']:.3f} "
             f"| {p['mcc_full']:.3f} / {p['mcc_mask']:.3f} | {p['f1_full']:.3f} / {p['f1_mask']:.3f} "
             f"| {p['acc_full']:.3f} / {p['acc_mask']:.3f} | {small['mcc']:.3f} / {small['recall']:.3f} "
             f"| {large['mcc']:.3f} / {large['recall']:.3f} | {e['map_10m']['weighted_mcc']:.3f} "
