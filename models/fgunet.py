@@ -134,7 +134,7 @@ class FGUNet(nn.Module):
     ) -> None:
         super().__init__()
         if groups is None:
-            groups = max(g for g in range(1, DEFAULT_GROUPS + 1) if n_frames < 1 or n_frames % g == 0)
+            groups = max(g for g in range(1, DEFAULT_GROUPS + 1) if n_frames % g == 0)  # 1 always divides
         if min(n_frames, n_bands, groups, base_width, scale) < 1:
             raise ValueError(
                 f"need positive n_frames, n_bands, groups, base_width and scale, got "
