@@ -174,7 +174,7 @@ TRAIN_CONFIGS: dict[str, type[_TrainBase]] = {
 }
 #: Keys only the pixel family's ``train`` takes (configs dumped before the split hold them for all).
 PIXEL_ONLY_KEYS: tuple[str, ...] = tuple(
-    name for name in PixelTrainConfig.model_fields if name not in _TrainBase.model_fields and name != "model"
+    sorted(set(PixelTrainConfig.model_fields) - set(_TrainBase.model_fields))
 )
 
 
