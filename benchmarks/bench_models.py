@@ -98,10 +98,16 @@ PARCEL_EPOCHS = 60
 
 
 def model_config(  # type: ignore[no-untyped-def]
-    name: str, epochs: dict[str, int], threads: int, inputs: str | None = None, patience: int | None = None
+    name: str,
+    epochs: dict[str, int],
+    threads: int,
+    inputs: str | None = None,
+    patience: int | None = None,
+    tta: str | None = None,
 ):
-    """The MappingConfig of ``name``: defaults plus the benchmark's caps, thread counts, deep inputs and
-    (``patience``, e.g. the cap itself: no early stop) the early-stopping patience."""
+    """The MappingConfig of ``name``: defaults plus the benchmark's caps, thread counts, deep inputs,
+    (``patience``, e.g. the cap itself: no early stop) the early-stopping patience and (``tta``) the
+    deep models' test-time augmentation."""
     from s2agri.workflows.config import MappingConfig, load_config
 
     if name == "ndvi-rule":
@@ -115,6 +121,8 @@ def model_config(  # type: ignore[no-untyped-def]
             data["deep"]["inputs"] = inputs
         if patience is not None:
             data["deep"]["trainer"]["patience"] = patience
+        if tta is not None:  # else the config's default
+            data["predict"] = {"tta": tta}
     if name in PARCEL_MODELS:
         # one torch thread: the parcel models' small ops are much slower with two on this machine
         data["deep"] = {"trainer": {"num_threads": 1}}
@@ -305,6 +313,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--inputs", choices=("frames", "monthly"), help="deep.inputs (default: the config's, monthly)"
     )
+    parser.add_argument(
+        "--tta", choices=("none", "flips", "dihedral"), help="predict.tta (default: the config's, dihedral)"
+    )
     parser.add_argument("--merge", action="store_true", help="keep the other models' rows of --output")
     parser.add_argument(
         "--patience", type=int, help="deep models' early-stopping patience (default: the recipe's 8)"
@@ -337,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
     entries: dict[str, dict] = {}
     for model_name in args.models:
         name = model_name + args.suffix
-        config = model_config(model_name, epochs, args.threads, args.inputs, args.patience)
+        config = model_config(model_name, epochs, args.threads, args.inputs, args.patience, args.tta)
         card = (
             None
             if model_name == "ndvi-rule"
@@ -355,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "max_epochs": epochs[model_name],
                 "patience": config.deep.trainer.patience,
                 "inputs": config.deep.inputs,
+                "tta": config.predict.tta,
                 "threads": args.threads,
             }
         partial = data / "partial_entries.json"  # what a killed run leaves: one entry per finished model
@@ -396,8 +408,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "with the CPU recipe (DEEP_RECIPE): 512 random patches per epoch with the 8 dihedral "
                 "augmentations, AdamW lr 2e-3 with cosine decay after a 1-epoch warm-up, gradient clipping 1, "
                 "class-balanced BCE, best.pt, early stopping (patience "
-                f"{'8, the recipe' if args.patience is None else args.patience}) and the threshold chosen on "
-                "the validation weighted MCC of 3 of the 12 training boxes. Rows merged from other runs "
+                f"{'8, the recipe' if args.patience is None else args.patience}), the checkpoint chosen on "
+                "the validation weighted MCC of 3 of the 12 training boxes (patches) and the threshold on the "
+                "whole validation boxes predicted with predict.tta (rows without 'tta' in their budget: on "
+                "the patches, no test-time augmentation). Rows merged from other runs "
                 "(--merge) carry their own 'budget'. Seeds: 100+ epochs on GPUs."
             ),
         },

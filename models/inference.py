@@ -34,6 +34,12 @@ box with a GCNN-shaped model (max pooling to 80 features, bicubic x4, 64/32/16/8
 halo 4 px at 10 m), on top of the box: +0.33 GB with ``tile=128, batch_size=1``, +1.17 GB with
 the defaults ``tile=128, batch_size=4``, +1.05 GB with ``tile=250, batch_size=1`` (about 23 s on
 one CPU thread in each case).
+
+Test-time augmentation (``tta``): the box is also predicted transposed and/or flipped (the
+dihedral symmetries of the square grid, :data:`TTA_TRANSFORMS`), each output is mapped back and
+the probabilities are averaged. Fields have no preferred orientation, so the averaged map is the
+model's prediction made symmetric; it costs one pass per transform (4 for ``flips``, 8 for
+``dihedral``) and no memory beyond one output.
 """
 
 from __future__ import annotations
@@ -43,12 +49,14 @@ import math
 import sys
 from collections.abc import Iterator
 from itertools import product
-from typing import cast
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from s2agri.models.names import TTAMode
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,6 +66,38 @@ SCALE = 4
 BICUBIC_CONTEXT_10M = 2
 #: 10 m halo used when neither ``halo`` nor ``model.receptive_halo_2p5m`` is known (FG-UNet's 16 px).
 DEFAULT_HALO_10M = 16
+
+
+class Dihedral(NamedTuple):
+    """A symmetry of the grid: transpose the last two axes (first), then flip rows, then columns."""
+
+    transpose: bool
+    flip_rows: bool
+    flip_cols: bool
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (..., H, W) transformed: a view, no copy."""
+        if self.transpose:
+            x = np.swapaxes(x, -1, -2)
+        if self.flip_rows:
+            x = np.flip(x, -2)
+        return np.flip(x, -1) if self.flip_cols else x
+
+    def undo(self, y: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`apply` (flips first, then the transpose): a view, no copy."""
+        if self.flip_cols:
+            y = np.flip(y, -1)
+        if self.flip_rows:
+            y = np.flip(y, -2)
+        return np.swapaxes(y, -1, -2) if self.transpose else y
+
+
+#: The transforms averaged by each test-time augmentation mode (the identity first).
+TTA_TRANSFORMS: dict[str, tuple[Dihedral, ...]] = {
+    "none": (Dihedral(False, False, False),),
+    "flips": tuple(Dihedral(False, r, c) for r in (False, True) for c in (False, True)),
+    "dihedral": tuple(Dihedral(t, r, c) for t in (False, True) for r in (False, True) for c in (False, True)),
+}
 
 
 def tile_halo_10m(halo_2p5m: int, upsample_context: int = BICUBIC_CONTEXT_10M) -> int:
@@ -85,9 +125,9 @@ def axis_tiles(size: int, tile: int, halo: int) -> list[tuple[int, int, int]]:
     return tiles
 
 
-def _as_box(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    if not isinstance(x, (torch.Tensor, np.ndarray)):
-        x = np.asarray(x)
+def _as_box(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``x`` as a (T, C, H, W) array (a CPU copy of a tensor)."""
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"x must have shape (T, C, H, W), got {tuple(x.shape)}")
     if min(x.shape) < 1:
@@ -96,7 +136,7 @@ def _as_box(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
 
 
 def _batches(
-    x: torch.Tensor | np.ndarray,
+    x: np.ndarray,
     tiles: list[tuple[tuple[int, int, int], tuple[int, int, int]]],
     window: tuple[int, int],
     batch_size: int,
@@ -106,11 +146,7 @@ def _batches(
     for first in range(0, len(tiles), batch_size):
         group = tiles[first : first + batch_size]
         windows = [x[:, :, r[2] : r[2] + wh, c[2] : c[2] + ww] for r, c in group]
-        if isinstance(x, np.ndarray):
-            batch = torch.from_numpy(np.stack(windows).astype(np.float32, copy=False))
-        else:
-            batch = torch.stack(cast(list[torch.Tensor], windows)).to(torch.float32)
-        yield batch, group
+        yield torch.from_numpy(np.stack(windows).astype(np.float32, copy=False)), group
 
 
 def predict_tiled(
@@ -123,15 +159,17 @@ def predict_tiled(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
+    tta: TTAMode = "none",
 ) -> np.ndarray:
     """(4H, 4W) float32 probabilities (sigmoid of the logits) of one box ``x`` (T, C, H, W) at 10 m.
 
-    ``tile``: interior size in 10 m pixels; ``halo``: the model's receptive halo in 2.5 m pixels
-    (None: ``model.receptive_halo_2p5m``); ``upsample_context``: 10 m context of the model's x4
-    upsampler (2 for bicubic, the safe default). The model is moved to ``device`` and run in eval
-    mode under ``no_grad``; its train/eval mode is restored afterwards. ``progress``: a tqdm bar
-    over batches (None: only on a TTY). A model with several outputs (``n_outputs``) gives its first
-    one, the cultivated (extent) probability: :func:`predict_tiled_outputs` gives them all.
+        ``tile``: interior size in 10 m pixels; ``halo``: the model's receptive halo in 2.5 m pixels
+        (None: ``model.receptive_halo_2p5m``); ``upsample_context``: 10 m context of the model's x4
+        upsampler (2 for bicubic, the safe default). The model is moved to ``device`` and run in eval
+        mode under ``no_grad``; its train/eval mode is restored afterwards. ``progress``: a tqdm bar
+        over batches (None: only on a TTY). ``tta``: the test-time augmentation (:data:`TTA_TRANSFORMS`,
+    the module docstring). A model with several outputs (``n_outputs``) gives its first
+        one, the cultivated (extent) probability: :func:`predict_tiled_outputs` gives them all.
     """
     return predict_tiled_outputs(
         model,
@@ -142,10 +180,10 @@ def predict_tiled(
         batch_size=batch_size,
         device=device,
         progress=progress,
+        tta=tta,
     )[0]
 
 
-@torch.no_grad()
 def predict_tiled_outputs(
     model: nn.Module,
     x: torch.Tensor | np.ndarray,
@@ -156,10 +194,51 @@ def predict_tiled_outputs(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
+    tta: TTAMode = "none",
 ) -> np.ndarray:
     """(K, 4H, 4W) float32 sigmoid of the K = ``model.n_outputs`` (default 1) logit channels of one
-    box; the arguments are those of :func:`predict_tiled`."""
-    x = _as_box(x)
+    box, averaged over the ``tta`` transforms; the arguments are those of :func:`predict_tiled`."""
+    if tta not in TTA_TRANSFORMS:
+        raise ValueError(f"tta={tta!r} is unknown: use one of {', '.join(TTA_TRANSFORMS)}")
+    array = _as_box(x)
+    transforms = TTA_TRANSFORMS[tta]
+    total: np.ndarray | None = None
+    for transform in transforms:
+        proba = transform.undo(
+            _predict_once(
+                model,
+                transform.apply(array),
+                tile=tile,
+                halo=halo,
+                upsample_context=upsample_context,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            )
+        )
+        if total is None:
+            total = np.ascontiguousarray(proba)
+        else:
+            total += proba
+    assert total is not None
+    if len(transforms) > 1:
+        total /= np.float32(len(transforms))
+    return total
+
+
+@torch.no_grad()
+def _predict_once(
+    model: nn.Module,
+    x: np.ndarray,
+    *,
+    tile: int,
+    halo: int | None,
+    upsample_context: int,
+    batch_size: int,
+    device: str | torch.device,
+    progress: bool | None,
+) -> np.ndarray:
+    """(K, 4H, 4W) probabilities of one box without augmentation (:func:`predict_tiled_outputs`)."""
     if tile < 1 or batch_size < 1:
         raise ValueError(f"tile and batch_size must be >= 1, got {tile} and {batch_size}")
     if halo is None:

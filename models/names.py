@@ -1,6 +1,9 @@
-"""Names of the models, by family (no imports: the CLI parser and the config use them)."""
+"""Names of the models, by family, and of their prediction modes (no heavy imports: the CLI parser and
+the config use them)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 #: Pixel classifiers fitted on sampled pixels (5x5 statistics) by :mod:`s2agri.workflows.train`.
 PIXEL_MODELS: tuple[str, ...] = ("lightgbm", "random-forest")
@@ -30,6 +33,9 @@ PARCEL_MODELS: tuple[str, ...] = ("tempcnn", "transformer", "lstm-parcel")
 TRAINABLE_MODELS: tuple[str, ...] = PIXEL_MODELS + DEEP_MODELS + PARCEL_MODELS
 #: Models that need no training, usable by name with ``--model``.
 RULE_MODELS: tuple[str, ...] = ("ndvi-rule",)
+#: Test-time augmentation of the deep segmenters: the orientations of the box whose predictions are
+#: averaged (:data:`s2agri.models.inference.TTA_TRANSFORMS`).
+TTAMode = Literal["none", "flips", "dihedral"]
 #: Family -> its models; every model belongs to exactly one family (how each family is trained,
 #: loaded and predicted: :mod:`s2agri.workflows.families`).
 FAMILIES: dict[str, tuple[str, ...]] = {

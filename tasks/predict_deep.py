@@ -7,7 +7,8 @@ percentiles, sets invalid observations to 0, and predicts the (4H, 4W) probabili
 :func:`s2agri.models.inference.predict_tiled` (tiles with the model's halo, so the result equals
 whole-box inference for models with an exact halo). With ``months`` (``convlstm``, ``convstar``)
 the model input is the per-pixel monthly medians of those calendar months instead of the frames
-(:func:`s2agri.tasks.monthly.monthly_inputs`, as in training). It writes the probabilities with
+(:func:`s2agri.tasks.monthly.monthly_inputs`, as in training). ``tta`` averages the predictions of
+the box's dihedral transforms (:data:`s2agri.models.inference.TTA_TRANSFORMS`). It writes the probabilities with
 :func:`s2agri.tasks.prediction.write_prediction`. A field-delineation model (extent, boundary and
 distance outputs, :mod:`s2agri.models.field_delineation`) also writes ``data_timeless/PRED_BOUNDARY``
 and ``data_timeless/PRED_DISTANCE``, which :class:`s2agri.tasks.instances.InstanceSegmentationTask`
@@ -27,6 +28,7 @@ from eolearn.core import EOPatch, EOTask, FeatureType
 from eolearn.core.types import Feature
 
 from s2agri.models.inference import predict_tiled_outputs
+from s2agri.models.names import TTAMode
 from s2agri.tasks.masks import REFLECTANCE, VALID
 from s2agri.tasks.monthly import monthly_inputs
 from s2agri.tasks.outputs import PRED_BOUNDARY, PRED_DISTANCE, feature_array, write_prediction
@@ -79,6 +81,7 @@ class DeepModelPredictTask(EOTask):
         reflectance_feature: Feature = REFLECTANCE,
         valid_feature: Feature = VALID,
         months: Sequence[int] | None = None,
+        tta: TTAMode = "none",
     ):
         if not normaliser.fitted:
             raise ValueError("the normaliser is not fitted: load it from the model's checkpoint")
@@ -91,6 +94,7 @@ class DeepModelPredictTask(EOTask):
         self.batch_size = batch_size
         self.num_threads = num_threads
         self.months = tuple(months) if months else None
+        self.tta = tta
         self.reflectance_feature = self.parse_feature(
             reflectance_feature, allowed_feature_types=[FeatureType.DATA]
         )
@@ -113,13 +117,13 @@ class DeepModelPredictTask(EOTask):
         start = time.perf_counter()
         try:
             outputs = predict_tiled_outputs(
-                self.model, x, tile=self.tile, batch_size=self.batch_size, progress=False
+                self.model, x, tile=self.tile, batch_size=self.batch_size, progress=False, tta=self.tta
             )
         finally:
             torch.set_num_threads(threads)
         LOGGER.info(
-            "%s: %dx%d box (T=%d) predicted in %.1f s", self.model_name, *x.shape[2:], x.shape[0],
-            time.perf_counter() - start,
+            "%s: %dx%d box (T=%d, tta %s) predicted in %.1f s", self.model_name, *x.shape[2:], x.shape[0],
+            self.tta, time.perf_counter() - start,
         )  # fmt: skip
         names = tuple(getattr(self.model, "output_names", ("extent",)))
         if len(names) != outputs.shape[0]:

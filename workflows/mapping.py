@@ -319,6 +319,7 @@ def deep_prediction_tasks(trained: TrainedModel, config: MappingConfig) -> list[
             tile=config.deep.tile,
             num_threads=config.deep.trainer.num_threads,
             months=trained.months,
+            tta=config.predict.tta,
         )
     ]
 

@@ -7,7 +7,9 @@ stopping on the validation loss and writes ``training/metrics.csv``, ``last.pt``
 The best checkpoint becomes the model folder's ``model.pt`` (with the normaliser, the frame count
 and the resolved config), and ``model_card.json`` gets the parameter count, the serialized size of
 the weights, the training time, the validation metrics of the best epoch (on patches), and the
-whole-box inference seconds and challenge scores of the validation boxes.
+whole-box inference seconds and challenge scores of the validation boxes. With selection on the
+weighted MCC, the decision threshold is the one of :data:`THRESHOLDS` that scores best on the whole
+validation boxes predicted as ``s2agri predict`` does (test-time augmentation included).
 """
 
 from __future__ import annotations
@@ -32,15 +34,16 @@ from s2agri.models.datasets import BoxBatchSampler, PatchDataset, split_boxes
 from s2agri.models.history import History
 from s2agri.models.presets import preset_kwargs
 from s2agri.models.registry import get_constructor
-from s2agri.models.trainer_config import TrainerConfig
+from s2agri.models.trainer_config import THRESHOLDS, TrainerConfig
 from s2agri.models.training import Trainer
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
 from s2agri.tasks.metrics import box_confusions, pool_confusions, scores
 from s2agri.tasks.predict_deep import DeepModelPredictTask
-from s2agri.tasks.prediction import PRED_CULTIVATED
+from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_PROBA
 from s2agri.tasks.tensors import PercentileNormaliser
+from s2agri.tasks.weights import weight_map
 from s2agri.workflows.config import MONTHLY_MODELS, MappingConfig
 from s2agri.workflows.model_store import save_card
 
@@ -129,9 +132,11 @@ def validate_on_boxes(
     config: MappingConfig,
     valid_task: ValidMaskTask,
     months: tuple[int, ...] | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Whole-box prediction of the validation boxes (as ``s2agri predict`` does it): seconds per box
-    and the pooled challenge scores at 2.5 m."""
+    """Whole-box prediction of the validation boxes (as ``s2agri predict`` does it, with
+    ``predict.tta``): seconds per box and the pooled challenge scores at 2.5 m, at
+    ``predict.cutoff`` or, with ``thresholds``, at the best of them (:func:`score_box_predictions`)."""
     task = DeepModelPredictTask(
         trained,
         normaliser,
@@ -140,32 +145,57 @@ def validate_on_boxes(
         tile=config.deep.tile,
         num_threads=config.deep.trainer.num_threads,
         months=months,
+        tta=config.predict.tta,
     )
     return score_box_predictions(
-        boxes, lambda box: valid_task.execute(ReflectanceTask().execute(EOPatch.load(str(box)))), [task]
+        boxes,
+        lambda box: valid_task.execute(ReflectanceTask().execute(EOPatch.load(str(box)))),
+        [task],
+        thresholds,
     )
 
 
 def score_box_predictions(
-    boxes: Sequence[Path], load: Callable[[Path], EOPatch], tasks: Sequence[EOTask]
+    boxes: Sequence[Path],
+    load: Callable[[Path], EOPatch],
+    tasks: Sequence[EOTask],
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Run ``tasks`` on each ``load(box)`` (timed, loading excluded) and score its PRED_CULTIVATED:
-    ``inference_seconds_per_box`` and the pooled ``validation_box_scores`` at 2.5 m."""
-    seconds, confusions = [], []
+    ``inference_seconds_per_box`` and the pooled ``validation_box_scores`` at 2.5 m.
+
+    With ``thresholds``, PRED_PROBA is scored at each of them instead: ``threshold`` is the one with
+    the highest pooled weighted MCC (the lowest wins a tie), ``validation_box_scores`` are the scores
+    at it and ``weighted_mcc_by_threshold`` lists the weighted MCC at each."""
+    seconds: list[float] = []
+    cuts: Sequence[float | None] = [None] if thresholds is None else thresholds
+    confusions: list[list[dict[str, Any]]] = [[] for _ in cuts]
     for box in boxes:
         patch = load(box)
         start = time.perf_counter()
         for task in tasks:
             patch = task.execute(patch)
         seconds.append(time.perf_counter() - start)
+        truth = patch[contract.CULTIVATED][..., 0]
         not_declared = patch[contract.NOT_DECLARED][..., 0] if contract.NOT_DECLARED in patch else None
-        confusions.append(
-            box_confusions(patch[contract.CULTIVATED][..., 0], patch[PRED_CULTIVATED][..., 0], not_declared)
-        )
-    return {
-        "inference_seconds_per_box": round(sum(seconds) / len(seconds), 3) if seconds else None,
-        "validation_box_scores": scores(pool_confusions(confusions)) if confusions else None,
+        weights = weight_map(truth, not_declared)
+        for cut, box_list in zip(cuts, confusions, strict=True):
+            pred = patch[PRED_CULTIVATED][..., 0] if cut is None else patch[PRED_PROBA][..., 0] >= cut
+            box_list.append(box_confusions(truth, pred, not_declared, weights))
+    if not seconds:
+        return {"inference_seconds_per_box": None, "validation_box_scores": None}
+    pooled = [scores(pool_confusions(box_list)) for box_list in confusions]
+    best = max(range(len(pooled)), key=lambda i: (pooled[i]["weighted_mcc"], -i))
+    result: dict[str, Any] = {
+        "inference_seconds_per_box": round(sum(seconds) / len(seconds), 3),
+        "validation_box_scores": pooled[best],
     }
+    if thresholds is not None:
+        result["threshold"] = float(thresholds[best])
+        result["weighted_mcc_by_threshold"] = {
+            f"{cut:g}": round(score["weighted_mcc"], 4) for cut, score in zip(thresholds, pooled, strict=True)
+        }
+    return result
 
 
 def class_balance_weight(boxes: Sequence[Path], limits: tuple[float, float] = (0.2, 5.0)) -> float:
@@ -187,21 +217,34 @@ def class_balance_weight(boxes: Sequence[Path], limits: tuple[float, float] = (0
     return float(weight)
 
 
-def chosen_threshold(
-    history: History, trainer_config: TrainerConfig, config: MappingConfig, val: Sequence[Path]
-) -> tuple[float | None, dict[str, Any]]:
-    """The decision threshold the run chose on its validation boxes (selection on weighted MCC and no
-    ``predict.threshold`` given), with how it was chosen; ``(None, {})`` otherwise."""
-    if config.predict.threshold is not None or trainer_config.selection != "val_weighted_mcc":
-        return None, {}
-    if history.best_threshold is None:
-        return None, {}
+def chooses_threshold(history: History, trainer_config: TrainerConfig, config: MappingConfig) -> bool:
+    """Whether the run chooses its decision threshold on its validation boxes: selection on the
+    weighted MCC and no ``predict.threshold`` given."""
+    return (
+        config.predict.threshold is None
+        and trainer_config.selection == "val_weighted_mcc"
+        and history.best_threshold is not None
+    )
+
+
+def threshold_selection(
+    history: History, checks: dict[str, Any], config: MappingConfig, val: Sequence[Path]
+) -> dict[str, Any]:
+    """How the threshold was chosen: on the whole validation boxes predicted as ``s2agri predict``
+    does (with ``predict.tta``), by the best checkpoint (``epoch``), whose patches chose ``patches``."""
     best = next(row for row in history.epochs if row["epoch"] == history.best_epoch)
-    return float(history.best_threshold), {
+    by_threshold = checks["weighted_mcc_by_threshold"]
+    return {
         "validation_boxes": [box.name for box in val],
         "epoch": history.best_epoch,
-        "weighted_mcc": best.get("val_threshold_weighted_mcc"),
-        "weighted_mcc_at_0.5": best.get("val_weighted_mcc"),
+        "tta": config.predict.tta,
+        "weighted_mcc": checks["validation_box_scores"]["weighted_mcc"],
+        "weighted_mcc_at_0.5": by_threshold.get("0.5"),
+        "weighted_mcc_by_threshold": by_threshold,
+        "patches": {
+            "threshold": history.best_threshold,
+            "weighted_mcc": best.get("val_threshold_weighted_mcc"),
+        },
     }
 
 
@@ -375,16 +418,16 @@ def train_deep_model(
     )
     train_seconds = time.perf_counter() - start
     publish_checkpoints(trainer, folder)
-    threshold, threshold_selection = chosen_threshold(history, trainer_config, config, val)
+    choose = chooses_threshold(history, trainer_config, config)
     best = next(row for row in history.epochs if row["epoch"] == history.best_epoch)
     model = trainer.model
     best_model = build_model_from_checkpoint(folder / MODEL_FILE)
-    scored = (
-        config
-        if threshold is None
-        else config.model_copy(update={"predict": config.predict.model_copy(update={"threshold": threshold})})
+    checks = validate_on_boxes(
+        best_model, normaliser, n_frames, val, config, valid_task, months, THRESHOLDS if choose else None
     )
-    checks = validate_on_boxes(best_model, normaliser, n_frames, val, scored, valid_task, months)
+    threshold = checks.pop("threshold", None)
+    selection = threshold_selection(history, checks, config, val) if choose else {}
+    checks.pop("weighted_mcc_by_threshold", None)
     card = save_card(
         folder,
         {
@@ -403,7 +446,7 @@ def train_deep_model(
             "stop_reason": history.stop_reason,
             "validation": {k: best[k] for k in best if k.startswith("val_")},
             "threshold": config.predict.cutoff if threshold is None else threshold,
-            "threshold_selection": threshold_selection,
+            "threshold_selection": selection,
             "pos_weight": trainer_config.pos_weight,
             "learning_curve": [
                 {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -15,10 +16,13 @@ from s2agri.models.inference import (
     BICUBIC_CONTEXT_10M,
     DEFAULT_HALO_10M,
     SCALE,
+    TTA_TRANSFORMS,
+    Dihedral,
     axis_tiles,
     predict_tiled,
     tile_halo_10m,
 )
+from s2agri.models.names import TTAMode
 
 H, W = 13, 17  # 10 m box, deliberately not a multiple of the tile sizes
 
@@ -194,3 +198,62 @@ def test_bad_inputs(model: LocalGraphNet, box: np.ndarray) -> None:
 
     with pytest.raises(ValueError, match="not 4x logits"):
         predict_tiled(NotUpsampling(), box, halo=0)
+
+
+class ColumnRamp(nn.Module):
+    """Logit = the 2.5 m column index: a model with a preferred orientation (not equivariant)."""
+
+    receptive_halo_2p5m = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, _, h, w = x.shape
+        ramp = torch.arange(SCALE * w, dtype=torch.float32).expand(b, 1, SCALE * h, SCALE * w)
+        return ramp.clone()
+
+
+def test_dihedral_transforms_are_the_8_symmetries_and_undo_exactly() -> None:
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    assert tuple(TTA_TRANSFORMS) == get_args(TTAMode)  # the config's modes
+    assert [len(TTA_TRANSFORMS[m]) for m in ("none", "flips", "dihedral")] == [1, 4, 8]
+    assert TTA_TRANSFORMS["none"] == (Dihedral(False, False, False),)
+    images = set()
+    for t in TTA_TRANSFORMS["dihedral"]:
+        moved = t.apply(x)
+        assert moved.shape == ((2, 3, 5, 4) if t.transpose else x.shape)
+        assert np.array_equal(t.undo(moved), x)
+        images.add(moved[0, 0].tobytes() + bytes(moved.shape[-2:]))
+    assert len(images) == 8
+    flip_both = Dihedral(False, True, True).apply(x)
+    assert np.array_equal(flip_both, x[..., ::-1, ::-1])
+    assert np.array_equal(Dihedral(True, True, False).apply(x)[0, 0], np.rot90(x[0, 0], 1))
+    assert np.array_equal(Dihedral(True, False, True).apply(x)[0, 0], np.rot90(x[0, 0], -1))
+
+
+@pytest.mark.parametrize("tta", ["flips", "dihedral"])
+def test_tta_of_an_equivariant_model_is_its_plain_prediction(
+    model: LocalGraphNet, box: np.ndarray, tta: str
+) -> None:
+    plain = predict_tiled(model, box, tile=5)
+    averaged = predict_tiled(model, torch.from_numpy(box), tile=5, tta=tta)
+    assert averaged.shape == plain.shape == (SCALE * H, SCALE * W) and averaged.dtype == np.float32
+    assert np.allclose(averaged, plain, atol=1e-5)
+
+
+def test_tta_averages_the_probabilities_mapped_back() -> None:
+    x = np.zeros((2, 3, H, W), dtype=np.float32)
+    rows = np.arange(SCALE * H, dtype=np.float64)[:, None]
+    cols = np.arange(SCALE * W, dtype=np.float64)[None, :]
+    sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    col_pair = (sigmoid(cols) + sigmoid(SCALE * W - 1 - cols)) / 2
+    row_pair = (sigmoid(rows) + sigmoid(SCALE * H - 1 - rows)) / 2
+    assert np.allclose(
+        predict_tiled(ColumnRamp(), x, tile=32), np.broadcast_to(sigmoid(cols), (SCALE * H, SCALE * W))
+    )
+    assert np.allclose(
+        predict_tiled(ColumnRamp(), x, tile=32, tta="flips"),
+        np.broadcast_to(col_pair, (SCALE * H, SCALE * W)),
+    )
+    # transposed passes see the rows as columns: half the passes give the row ramp back
+    assert np.allclose(predict_tiled(ColumnRamp(), x, tile=32, tta="dihedral"), (col_pair + row_pair) / 2)
+    with pytest.raises(ValueError, match="tta='d4' is unknown"):
+        predict_tiled(ColumnRamp(), x, tta="d4")  # type: ignore[arg-type]

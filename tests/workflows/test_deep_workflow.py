@@ -11,8 +11,9 @@ import torch
 import yaml
 from eolearn.core import EOPatch
 
-from s2agri.models.inference import predict_tiled
+from s2agri.models.inference import TTA_TRANSFORMS, predict_tiled
 from s2agri.models.registry import create_model
+from s2agri.models.trainer_config import THRESHOLDS
 from s2agri.tasks import contract
 from s2agri.tasks.errors import S2AgriInputError
 from s2agri.tasks.masks import ReflectanceTask, ValidMaskTask
@@ -21,7 +22,8 @@ from s2agri.tasks.prediction import PRED_CULTIVATED, PRED_MODEL_KEY, PRED_PROBA
 from s2agri.tasks.tensors import PercentileNormaliser
 from s2agri.workflows import cli
 from s2agri.workflows.config import MappingConfig
-from s2agri.workflows.model_store import load_trained
+from s2agri.workflows.mapping import deep_prediction_tasks
+from s2agri.workflows.model_store import TrainedModel, load_trained
 from s2agri.workflows.simulate import simulate_region
 from s2agri.workflows.train_deep import frames_for, model_kwargs
 
@@ -82,6 +84,35 @@ def test_deep_predict_task_equals_whole_box_inference(region: Path) -> None:
     np.testing.assert_allclose(predict_tiled(model, x, tile=16), whole, atol=1e-5)
 
 
+def test_deep_predict_task_tta_averages_the_box_in_its_orientations(region: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("unet-b", n_frames=3, base_width=4).eval()  # trained-like: asymmetric kernels
+    patch = EOPatch.load(str(region / "eopatches" / "box-000"))
+    patch = ValidMaskTask().execute(ReflectanceTask().execute(patch))
+    x = model_input(
+        patch[(contract.BANDS[0], "REFLECTANCE")], patch[(contract.CLM[0], "VALID")], _normaliser(), 3
+    )
+    plain = predict_tiled(model, x, tile=40)
+    expected = np.mean(
+        [
+            t.undo(predict_tiled(model, np.ascontiguousarray(t.apply(x)), tile=40))
+            for t in TTA_TRANSFORMS["dihedral"]
+        ],
+        axis=0,
+    )
+    out = DeepModelPredictTask(model, _normaliser(), 3, 0.5, tile=40, tta="dihedral").execute(patch)
+    np.testing.assert_allclose(out[PRED_PROBA][..., 0], expected, atol=1e-6)
+    assert np.abs(expected - plain).max() > 1e-4  # the model has a preferred orientation
+    np.testing.assert_array_equal(out[PRED_CULTIVATED][..., 0], out[PRED_PROBA][..., 0] >= 0.5)
+    # the workflow's prediction node takes the mode from predict.tta (default: dihedral)
+    trained = TrainedModel("unet-b", model, {}, normaliser=_normaliser(), n_frames=3)
+    assert deep_prediction_tasks(trained, MappingConfig())[0].tta == "dihedral"
+    fast = MappingConfig.model_validate({"predict": {"tta": "none"}})
+    assert deep_prediction_tasks(trained, fast)[0].tta == "none"
+    with pytest.raises(ValueError, match="tta"):
+        MappingConfig.model_validate({"predict": {"tta": "rot90"}})
+
+
 def test_frame_count_comes_from_the_config() -> None:
     config = MappingConfig.model_validate({"train": {"model": "unet-b"}})
     assert config.deep.inputs == "monthly" and frames_for(config) == 6  # the 6 monthly medians
@@ -111,6 +142,15 @@ def test_train_and_predict_gcnn_from_the_cli(region: Path, tmp_path: Path, capsy
     assert 30_000 < card["serialized_bytes"] < 60_000  # the seed reports 33.88 kB
     assert card["inference_seconds_per_box"] > 0
     assert set(card["validation_box_scores"]) >= {"weighted_mcc", "mcc_mask", "f1_mask", "acc_full"}
+    # the threshold: the best of the grid on the whole validation box, predicted with the default TTA
+    selection = card["threshold_selection"]
+    by_threshold = selection["weighted_mcc_by_threshold"]
+    assert selection["tta"] == "dihedral" and list(by_threshold) == [f"{t:g}" for t in THRESHOLDS]
+    assert by_threshold[f"{card['threshold']:g}"] == max(by_threshold.values())
+    assert card["validation_box_scores"]["weighted_mcc"] == pytest.approx(selection["weighted_mcc"])
+    assert selection["weighted_mcc"] == pytest.approx(max(by_threshold.values()), abs=5e-5)
+    assert selection["weighted_mcc_at_0.5"] == by_threshold["0.5"]
+    assert selection["epoch"] == card["best_epoch"] and 0.2 <= selection["patches"]["threshold"] <= 0.8
     rows = (model / "training" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss,val_loss") and len(rows) == 3
     trained = load_trained(model)
