@@ -122,8 +122,8 @@ def _deep_summary(card: dict[str, Any]) -> str:
         f"trained {card['model']} ({card['n_parameters']} parameters) on {card['patches']['train_per_epoch']} "
         f"patches per epoch of {len(card['training_boxes'])} boxes in {card['train_seconds']:.1f} s: "
         f"{card['epochs']} epochs ({card['stop_reason']}), best epoch {card['best_epoch']}: val loss "
-        f"{validation['val_loss']:.4f}, val weighted MCC {validation.get('val_threshold_weighted_mcc', 0):.3f} "
-        f"at threshold {card['threshold']:.2f}"
+        f"{validation['val_loss']:.4f}; whole validation boxes: weighted MCC "
+        f"{(card.get('validation_box_scores') or {}).get('weighted_mcc', 0.0):.3f} at threshold {card['threshold']:.2f}"
     )
 
 

@@ -135,8 +135,11 @@ def test_train_and_predict_gcnn_from_the_cli(region: Path, tmp_path: Path, capsy
     model = tmp_path / "gcnn"
     boxes = [str(region / "eopatches" / name) for name in ("box-000", "box-001")]
     assert cli.main(["train", *boxes, "--out", str(model), "--config", str(config)]) == 0
-    assert "trained gcnn (7937 parameters)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained gcnn (7937 parameters)" in out
     card = json.loads((model / "model_card.json").read_text())
+    whole = card["validation_box_scores"]["weighted_mcc"]
+    assert f"whole validation boxes: weighted MCC {whole:.3f} at threshold {card['threshold']:.2f}" in out
     assert card["n_parameters"] == 7937 and card["epochs"] == 2 and card["file"] == "model.pt"
     assert len(card["training_boxes"]) == 1 and len(card["validation_boxes"]) == 1
     assert 30_000 < card["serialized_bytes"] < 60_000  # the seed reports 33.88 kB
