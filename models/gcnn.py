@@ -272,6 +272,11 @@ def bicubic_border_rows(scale: int) -> int:
 class _GCNNBase(nn.Module):
     """Constructor arguments, features and bookkeeping shared by the dense and reference GCNNs."""
 
+    #: Per-pixel features, a symmetric upsampler and graph convolutions on the 8-connected grid with
+    #: symmetric normalisation: transposing or flipping the input does the same to the output, so
+    #: test-time augmentation would only repeat the prediction (``models.inference``).
+    dihedral_equivariant: ClassVar[bool] = True
+
     def __init__(self, n_features: int = 80, hidden: str = PAPER_HIDDEN, scale: int = 4) -> None:
         super().__init__()
         if int(n_features) < 1 or int(scale) < 1:

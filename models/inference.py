@@ -39,7 +39,9 @@ Test-time augmentation (``tta``): the box is also predicted transposed and/or fl
 dihedral symmetries of the square grid, :data:`TTA_TRANSFORMS`), each output is mapped back and
 the probabilities are averaged. Fields have no preferred orientation, so the averaged map is the
 model's prediction made symmetric; it costs one pass per transform (4 for ``flips``, 8 for
-``dihedral``) and no memory beyond one output.
+``dihedral``) and no memory beyond one output. A model that declares ``dihedral_equivariant``
+(per-pixel models, the GCNN: their outputs transform with their inputs) gets one pass whatever the
+mode, since every pass would give the same map.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def predict_tiled_outputs(
     if tta not in TTA_TRANSFORMS:
         raise ValueError(f"tta={tta!r} is unknown: use one of {', '.join(TTA_TRANSFORMS)}")
     array = _as_box(x)
-    transforms = TTA_TRANSFORMS[tta]
+    transforms = TTA_TRANSFORMS["none" if getattr(model, "dihedral_equivariant", False) else tta]
     total: np.ndarray | None = None
     for transform in transforms:
         proba = transform.undo(

@@ -99,6 +99,9 @@ class PixelModel(nn.Module):
     #: which ``models.inference`` adds: a zero 2.5 m halo makes tiles exact.
     receptive_halo_2p5m: int = 0
     halo_is_exact: ClassVar[bool] = True
+    #: Pixel by pixel, then a symmetric upsampler: transposing or flipping the input does the same to
+    #: the output, so test-time augmentation would only repeat the prediction (``models.inference``).
+    dihedral_equivariant: ClassVar[bool] = True
 
     def __init__(self, n_frames: int, n_bands: int, scale: int) -> None:
         super().__init__()

@@ -257,3 +257,29 @@ def test_tta_averages_the_probabilities_mapped_back() -> None:
     assert np.allclose(predict_tiled(ColumnRamp(), x, tile=32, tta="dihedral"), (col_pair + row_pair) / 2)
     with pytest.raises(ValueError, match="tta='d4' is unknown"):
         predict_tiled(ColumnRamp(), x, tta="d4")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["mlp", "lstm", "gcnn"])
+def test_models_declared_equivariant_are_and_get_one_pass(name: str) -> None:
+    from s2agri.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name) if name == "gcnn" else create_model(name, n_frames=3)
+    assert model.dihedral_equivariant
+    x = np.random.default_rng(2).normal(size=(3, 12, H, W)).astype(np.float32)
+    plain = predict_tiled(model, x, tile=8)
+    passes = [t.undo(predict_tiled(model, t.apply(x), tile=8)) for t in TTA_TRANSFORMS["dihedral"]]
+    for moved in passes:  # every orientation gives the same map: TTA would only repeat it
+        np.testing.assert_allclose(moved, plain, atol=1e-5)
+    whole = predict_tiled(model, x, tile=32)  # one tile: one forward pass
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    np.testing.assert_array_equal(predict_tiled(model, x, tile=32, tta="dihedral"), whole)
+    assert len(calls) == 1  # TTA skipped: one pass, not 8
+
+
+@pytest.mark.parametrize("name", ["unet-tc", "convstar", "fg-unet", "deeplab"])
+def test_convolutional_segmenters_are_not_declared_equivariant(name: str) -> None:
+    from s2agri.models.registry import get_constructor
+
+    assert not getattr(get_constructor(name), "dihedral_equivariant", False)
